@@ -1,0 +1,348 @@
+//! Configuration: command-line flags, each with an environment variable, optionally read from a
+//! TOML file.
+//!
+//! Precedence, highest first: flag, environment variable, `--config` file, built-in default.
+//! The file's keys are the long flag names (`http-port = 8080`, `max-queue-delay = "5ms"`).
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::inspector::Limits;
+use crate::model::registry::LoadOptions;
+use crate::model::runtime::RuntimeOptions;
+use crate::preprocess::image::ImageLimits;
+
+/// kensa (検査): defect classification for AOI production lines.
+///
+/// Stations send an image and a short note; kensa answers with a defect class, a confidence and
+/// an attention map, from a PFA+CMAF model served by ONNX Runtime.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kensa",
+    version,
+    args_override_self = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// TOML file with default values for any flag (keys are long flag names).
+    #[arg(long, env = "KENSA_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(
+        long,
+        env = "KENSA_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the inspection service.
+    Serve(Box<ServeArgs>),
+    /// Load and validate a model repository, warm it up, print manifest, provider and timings.
+    Check(CheckArgs),
+    /// Inspect one image and note from the command line; print the verdict as JSON.
+    Infer(InferArgs),
+    /// Drive a running server with real images and print throughput and latency.
+    Bench(Box<crate::bench::BenchArgs>),
+}
+
+/// Where the models are and how they run.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model repository: one model folder with manifest.json, or <model>/<version>/ folders.
+    #[arg(
+        long,
+        env = "KENSA_MODEL_REPOSITORY",
+        default_value = "models/demo",
+        value_name = "DIR"
+    )]
+    pub model_repository: PathBuf,
+    /// ONNX Runtime and execution provider.
+    #[command(flatten)]
+    pub runtime: RuntimeOptions,
+    /// Session sets per model version: how many batches may run at once.
+    #[arg(long, env = "KENSA_SESSIONS", default_value_t = 1)]
+    pub sessions: usize,
+    /// Largest batch (default and upper bound: the manifest's max_batch_size).
+    #[arg(long, env = "KENSA_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
+    /// Longest a batch waits to fill after its first request arrives (0: take what is there).
+    #[arg(long, env = "KENSA_MAX_QUEUE_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub max_queue_delay: Duration,
+    /// Requests that may wait per model version; the next gets 429.
+    #[arg(long, env = "KENSA_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+    /// Full-size batches run through each session set before the model reports ready.
+    #[arg(long, env = "KENSA_WARMUP_BATCHES", default_value_t = 2)]
+    pub warmup_batches: usize,
+}
+
+impl ModelArgs {
+    /// How the repository is loaded.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            sessions: self.sessions,
+            max_batch_size: self.max_batch_size,
+            queue_capacity: self.queue_capacity,
+            max_delay: self.max_queue_delay,
+            warmup_batches: self.warmup_batches,
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest request body, in bytes.
+    #[arg(long, env = "KENSA_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest encoded image, in bytes.
+    #[arg(long, env = "KENSA_MAX_IMAGE_BYTES", default_value_t = 20 << 20)]
+    pub max_image_bytes: usize,
+    /// Largest image in pixels (width x height), checked from the header before decoding.
+    #[arg(long, env = "KENSA_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Longest note, in characters.
+    #[arg(long, env = "KENSA_MAX_NOTE_CHARS", default_value_t = 4096)]
+    pub max_note_chars: usize,
+    /// Deadline of a request that names none.
+    #[arg(long, env = "KENSA_DEFAULT_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub default_deadline: Duration,
+    /// Longest deadline a request may ask for.
+    #[arg(long, env = "KENSA_MAX_DEADLINE", default_value = "5min", value_parser = humantime::parse_duration)]
+    pub max_deadline: Duration,
+}
+
+impl LimitArgs {
+    /// The limits the inspector enforces.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            image: ImageLimits {
+                max_bytes: self.max_image_bytes,
+                max_pixels: self.max_image_pixels,
+            },
+            max_note_chars: self.max_note_chars,
+            default_deadline: self.default_deadline,
+            max_deadline: self.max_deadline,
+        }
+    }
+}
+
+/// `kensa serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Models and runtime.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Request limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "KENSA_HTTP_HOST", default_value = "0.0.0.0")]
+    pub http_host: IpAddr,
+    /// Port of the HTTP API (0: any free port).
+    #[arg(long, env = "KENSA_HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Folder for state kensa keeps between runs (TensorRT engine cache unless set apart).
+    #[arg(
+        long,
+        env = "KENSA_DATA_DIR",
+        default_value = "data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Image decode/resize jobs at once (default: the number of cores).
+    #[arg(long, env = "KENSA_PREPROCESS_THREADS")]
+    pub preprocess_threads: Option<usize>,
+    /// On SIGTERM, how long queued work may take to finish before kensa exits anyway.
+    #[arg(long, env = "KENSA_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// `kensa check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Models and runtime.
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `kensa infer`.
+#[derive(Debug, Clone, Args)]
+pub struct InferArgs {
+    /// Models and runtime.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image file to inspect.
+    #[arg(long, env = "KENSA_INFER_IMAGE", value_name = "FILE")]
+    pub image: PathBuf,
+    /// The note recorded with the image.
+    #[arg(long, env = "KENSA_INFER_NOTE", default_value = "")]
+    pub note: String,
+    /// Station id to put in the verdict.
+    #[arg(long, env = "KENSA_STATION_ID", default_value = "cli")]
+    pub station_id: String,
+    /// Model name, when the repository holds several.
+    #[arg(long = "model", env = "KENSA_MODEL")]
+    pub model_name: Option<String>,
+    /// Write the attention heat map PNG here.
+    #[arg(long, env = "KENSA_HEATMAP_OUT", value_name = "FILE")]
+    pub heatmap_out: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Runtime options with the TensorRT cache placed under the data folder by default.
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        let mut runtime = self.model.runtime.clone();
+        if runtime.trt_engine_cache.is_none() {
+            runtime.trt_engine_cache = Some(self.data_dir.join("tensorrt-cache"));
+        }
+        runtime
+    }
+}
+
+/// Parses the command line, filling unset flags from the `--config` file.
+pub fn parse() -> anyhow::Result<Cli> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let args = with_config_file(args)?;
+    Ok(Cli::parse_from(args))
+}
+
+/// Inserts `--key=value` for each file setting whose flag has no environment variable set, right
+/// after the subcommand, so flags given on the command line (later) override them.
+pub fn with_config_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
+    let file = config_path(&args).or_else(|| std::env::var_os("KENSA_CONFIG").map(PathBuf::from));
+    let Some(file) = file else {
+        return Ok(args);
+    };
+    let command = Cli::command();
+    let Some((position, subcommand)) = args.iter().enumerate().skip(1).find_map(|(i, a)| {
+        let name = a.to_str()?;
+        command.find_subcommand(name).map(|s| (i, s.clone()))
+    }) else {
+        return Ok(args);
+    };
+    let settings = read_settings(&file)?;
+    let mut injected = Vec::new();
+    for (key, value) in settings {
+        let flag = key.replace('_', "-");
+        let Some(arg) = subcommand
+            .get_arguments()
+            .chain(command.get_arguments())
+            .find(|a| a.get_long() == Some(flag.as_str()))
+        else {
+            bail!(
+                "{}: unknown setting {key:?} (settings are `kensa {} --help` flag names)",
+                file.display(),
+                subcommand.get_name()
+            );
+        };
+        if arg
+            .get_env()
+            .is_some_and(|var| std::env::var_os(var).is_some())
+        {
+            continue;
+        }
+        let takes_value = arg.get_action().takes_values();
+        match value {
+            toml::Value::Boolean(true) if !takes_value => {
+                injected.push(OsString::from(format!("--{flag}")))
+            }
+            toml::Value::Boolean(false) if !takes_value => {}
+            toml::Value::String(s) => injected.push(OsString::from(format!("--{flag}={s}"))),
+            toml::Value::Integer(i) => injected.push(OsString::from(format!("--{flag}={i}"))),
+            toml::Value::Float(f) => injected.push(OsString::from(format!("--{flag}={f}"))),
+            toml::Value::Boolean(b) => injected.push(OsString::from(format!("--{flag}={b}"))),
+            other => bail!(
+                "{}: setting {key:?} has an unsupported value {other}",
+                file.display()
+            ),
+        }
+    }
+    let mut merged = args;
+    merged.splice(position + 1..position + 1, injected);
+    Ok(merged)
+}
+
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_str()?;
+        if arg == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
+fn read_settings(file: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read config file {}", file.display()))?;
+    text.parse::<toml::Table>()
+        .with_context(|| format!("{} is not valid TOML", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn file_values_fill_flags_and_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kensa.toml");
+        std::fs::write(
+            &file,
+            "http-port = 9000\nmax_queue_delay = \"7ms\"\nsessions = 3\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let args =
+            with_config_file(os(&["kensa", "serve", "--config", path, "--sessions", "2"])).unwrap();
+        let cli = Cli::parse_from(args);
+        let Command::Serve(serve) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(serve.http_port, 9000);
+        assert_eq!(serve.model.max_queue_delay, Duration::from_millis(7));
+        assert_eq!(serve.model.sessions, 2);
+    }
+
+    #[test]
+    fn unknown_file_settings_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kensa.toml");
+        std::fs::write(&file, "htp-port = 9000\n").unwrap();
+        let error = with_config_file(os(&["kensa", "serve", "--config", file.to_str().unwrap()]))
+            .unwrap_err();
+        assert!(error.to_string().contains("htp-port"), "{error}");
+    }
+}

@@ -1,0 +1,19 @@
+//! kensa (検査): an online defect-classification service for AOI production lines.
+//!
+//! Stations send an image and a note; kensa answers with a verdict from a PFA+CMAF model
+//! (vision encoder, text encoder, fusion head) served by ONNX Runtime with dynamic batching.
+//! The request path is: [`api`] adapters → [`inspector::Inspector`] → [`batching`] queue and
+//! worker → [`model::pipeline`] → [`verdict::Verdict`].
+
+pub mod api;
+pub mod batching;
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod heatmap;
+pub mod inspector;
+pub mod metrics;
+pub mod model;
+pub mod preprocess;
+pub mod server;
+pub mod verdict;

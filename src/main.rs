@@ -1,0 +1,190 @@
+//! The `kensa` command: serve, check, infer, bench.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use base64::Engine as _;
+use kensa::config::{self, CheckArgs, Cli, Command, InferArgs, LogFormat, ServeArgs};
+use kensa::inspector::{InspectionRequest, Inspector, Limits, Readiness};
+use kensa::metrics::Metrics;
+use kensa::model::pipeline::BatchInput;
+use kensa::model::registry::{self, ModelRepository};
+use kensa::model::runtime::Runtime;
+use kensa::preprocess::image::ImageLimits;
+use kensa::server::Server;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match config::parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("kensa: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kensa: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kensa: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Check(args) => check(args).await,
+        Command::Infer(args) => infer(args).await,
+        Command::Bench(args) => kensa::bench::run(*args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let grace = args.shutdown_grace;
+    let server = Server::start(args).await?;
+    let stopper = server.shutdown_handle();
+    let stop = server_stop_signal();
+    tokio::pin!(stop);
+    let wait = server.wait();
+    tokio::pin!(wait);
+    tokio::select! {
+        result = &mut wait => return result,
+        () = &mut stop => {}
+    }
+    tracing::info!(grace = %humantime::format_duration(grace), "shutting down");
+    stopper.shutdown();
+    match tokio::time::timeout(grace, wait).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("shutdown grace period over; exiting with work still queued");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn server_stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let runtime = Runtime::init(&args.model.runtime)?;
+    let root = args.model.model_repository.clone();
+    let options = args.model.load_options();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+        let mut models = Vec::new();
+        for found in registry::discover(&root)? {
+            let started = Instant::now();
+            let (mut pool, _tokenizer, provider, warmup) =
+                registry::open_and_warm(runtime, &found, &options)?;
+            let load = started.elapsed();
+            let manifest = &found.manifest;
+            let mut timings = serde_json::Map::new();
+            if let Some(sessions) = pool.first_mut() {
+                for size in [1, manifest.max_batch_size] {
+                    let batch = BatchInput::blank(manifest, size, manifest.text.max_tokens);
+                    let started = Instant::now();
+                    sessions.run(&batch)?;
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    timings.insert(format!("batch_{size}_ms"), serde_json::json!(ms));
+                }
+            }
+            models.push(serde_json::json!({
+                "name": found.name,
+                "version": found.version,
+                "dir": found.dir,
+                "provider": provider,
+                "load_ms": load.as_secs_f64() * 1000.0,
+                "warmup_ms": warmup.as_secs_f64() * 1000.0,
+                "timings": timings,
+                "manifest": manifest,
+            }));
+        }
+        Ok(serde_json::json!({ "ok": true, "models": models }))
+    })
+    .await??;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn infer(args: InferArgs) -> anyhow::Result<()> {
+    let runtime = Runtime::init(&args.model.runtime)?;
+    let image = tokio::fs::read(&args.image)
+        .await
+        .with_context(|| format!("cannot read {}", args.image.display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let mut options = args.model.load_options();
+    options.warmup_batches = 0;
+    let repository =
+        ModelRepository::load(&args.model.model_repository, runtime, &options, &metrics).await?;
+    let readiness = Arc::new(Readiness::default());
+    readiness.set_models(repository);
+    let limits = Limits {
+        image: ImageLimits {
+            max_bytes: usize::MAX,
+            max_pixels: u64::MAX,
+        },
+        max_note_chars: usize::MAX,
+        default_deadline: std::time::Duration::from_secs(600),
+        max_deadline: std::time::Duration::from_secs(600),
+    };
+    let inspector = Inspector::new(readiness, limits, 1, metrics);
+    let mut verdict = inspector
+        .inspect(InspectionRequest {
+            model: args.model_name,
+            station_id: args.station_id,
+            image: image.into(),
+            note: args.note,
+            heatmap: args.heatmap_out.is_some(),
+            ..InspectionRequest::default()
+        })
+        .await?;
+    if let (Some(path), Some(png)) = (&args.heatmap_out, verdict.heatmap_png.take()) {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png)?;
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&verdict)?);
+    Ok(())
+}

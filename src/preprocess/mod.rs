@@ -1,0 +1,4 @@
+//! Turning a station's image and note into model inputs, exactly as training did.
+
+pub mod image;
+pub mod text;

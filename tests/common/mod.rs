@@ -1,0 +1,159 @@
+//! Shared helpers for the integration tests: a real server on an ephemeral port with real ONNX
+//! Runtime and the shipped demo model, and the demo model's fixture samples.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use kensa::config::{Cli, Command, ServeArgs};
+use kensa::server::Server;
+
+/// The shipped demo model repository.
+pub fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo")
+}
+
+/// Serve arguments for a test: loopback, port 0, the demo model, plus `extra` flags.
+pub fn serve_args(extra: &[&str]) -> ServeArgs {
+    let demo = demo_dir();
+    let data = tempfile::tempdir().expect("temp dir").keep();
+    let mut args = vec![
+        "kensa".to_string(),
+        "serve".into(),
+        "--http-host=127.0.0.1".into(),
+        "--http-port=0".into(),
+        format!("--model-repository={}", demo.display()),
+        format!("--data-dir={}", data.display()),
+        "--device=cpu".into(),
+        "--warmup-batches=1".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    match Cli::parse_from(args).command {
+        Command::Serve(serve) => *serve,
+        _ => unreachable!("serve was asked for"),
+    }
+}
+
+/// A started server and a client for it.
+pub struct TestServer {
+    pub server: Server,
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+impl TestServer {
+    /// Starts a server and waits until it is ready.
+    pub async fn start(extra: &[&str]) -> TestServer {
+        let server = TestServer::start_unready(extra).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts a server without waiting for warm-up.
+    pub async fn start_unready(extra: &[&str]) -> TestServer {
+        let server = Server::start(serve_args(extra))
+            .await
+            .expect("server starts");
+        let base = format!("http://{}", server.http_addr);
+        TestServer {
+            server,
+            client: reqwest::Client::new(),
+            base,
+        }
+    }
+
+    /// Polls /readyz until it answers 200.
+    pub async fn wait_ready(&self) {
+        for _ in 0..600 {
+            let response = self
+                .client
+                .get(self.url("/readyz"))
+                .send()
+                .await
+                .expect("readyz");
+            if response.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends one multipart inspection.
+    pub async fn inspect(&self, sample: &Sample, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new()
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(sample.image.clone()).file_name("unit.png"),
+            )
+            .text("note", sample.note.clone())
+            .text("station_id", "aoi-07");
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        self.client
+            .post(self.url("/v1/inspections"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+/// One fixture sample with what Python onnxruntime answered for it.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub name: String,
+    pub image: Vec<u8>,
+    pub note: String,
+    pub label: String,
+    pub probabilities: Vec<f32>,
+    pub attention: Vec<f32>,
+}
+
+/// The demo model's held-out samples (two per class).
+pub fn samples() -> Vec<Sample> {
+    let dir = demo_dir().join("fixtures");
+    let text =
+        std::fs::read_to_string(dir.join("samples.jsonl")).expect("samples.jsonl is shipped");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("valid sample line");
+            let name = value["image"].as_str().expect("image").to_string();
+            let floats = |v: &serde_json::Value| -> Vec<f32> {
+                v.as_array()
+                    .expect("array")
+                    .iter()
+                    .flat_map(|x| match x.as_array() {
+                        Some(row) => row
+                            .iter()
+                            .map(|y| y.as_f64().expect("number") as f32)
+                            .collect(),
+                        None => vec![x.as_f64().expect("number") as f32],
+                    })
+                    .collect()
+            };
+            Sample {
+                image: std::fs::read(dir.join(&name)).expect("sample image"),
+                note: value["note"].as_str().unwrap_or_default().to_string(),
+                label: value["label"].as_str().expect("label").to_string(),
+                probabilities: floats(&value["probabilities"]),
+                attention: floats(&value["attention"]),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Label names in logits order, from the demo manifest.
+pub fn label_names() -> Vec<String> {
+    let manifest = kensa::model::manifest::Manifest::load(&demo_dir()).expect("demo manifest");
+    manifest.labels.into_iter().map(|l| l.name).collect()
+}

@@ -1,0 +1,220 @@
+//! Health, readiness, models, metrics, shutdown and startup errors.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestServer, samples};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_warm_up() {
+    let server = TestServer::start_unready(&["--warmup-batches=150"]).await;
+    let live = server
+        .client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = server
+        .client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready while warming up");
+    let early = server.inspect(&samples()[0], &[]).await;
+    assert_eq!(early.status(), 503);
+    assert!(early.headers().contains_key("retry-after"));
+    server.wait_ready().await;
+    assert_eq!(server.inspect(&samples()[0], &[]).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_metrics_describe_the_service() {
+    let server = TestServer::start(&[]).await;
+    assert_eq!(server.inspect(&samples()[0], &[]).await.status(), 200);
+    let models: serde_json::Value = server
+        .client
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let model = &models["models"][0];
+    assert_eq!(model["name"], "kensa-demo");
+    assert_eq!(model["versions"], serde_json::json!([1]));
+    assert_eq!(model["provider"], "cpu");
+    assert_eq!(model["ready"], true);
+    assert_eq!(model["labels"].as_array().unwrap().len(), 5);
+
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "kensa_http_requests_total{route=\"/v1/inspections\",method=\"POST\",status=\"200\"} 1",
+        "kensa_http_request_duration_seconds_bucket{",
+        "kensa_batch_size_count{model=\"kensa-demo\",version=\"1\"} 1",
+        "kensa_queue_depth{model=\"kensa-demo\",version=\"1\"} 0",
+        "kensa_model_info{model=\"kensa-demo\",version=\"1\",provider=\"cpu\"} 1",
+        "kensa_ready 1",
+        "kensa_process_resident_memory_bytes ",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_accepted_work() {
+    let server = TestServer::start(&["--max-queue-delay=300ms"]).await;
+    let sample = samples()[0].clone();
+    let in_flight = futures::future::join_all((0..6).map(|_| server.inspect(&sample, &[])));
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.server.shutdown();
+    };
+    let (responses, ()) = tokio::join!(in_flight, stop);
+    for response in responses {
+        assert_eq!(
+            response.status(),
+            200,
+            "accepted requests are answered during drain"
+        );
+    }
+    let TestServer {
+        server,
+        client,
+        base,
+    } = server;
+    tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("stops")
+        .expect("clean stop");
+    assert!(
+        client.get(format!("{base}/healthz")).send().await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kensa"))
+        .args([
+            "serve",
+            "--http-host=127.0.0.1",
+            "--http-port=0",
+            "--device=cpu",
+        ])
+        .arg(format!(
+            "--model-repository={}",
+            common::demo_dir().display()
+        ))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kensa starts");
+    let stderr = child.stderr.take().unwrap();
+    let (ready_sender, ready) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.ends_with("ready") {
+                let _ = ready_sender.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    ready
+        .recv_timeout(Duration::from_secs(60))
+        .expect("kensa reports ready");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    let lines = reader.join().unwrap();
+    assert_eq!(exit.code(), Some(0), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("draining")), "{lines:?}");
+}
+
+#[test]
+fn a_missing_onnx_runtime_is_a_clear_error() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kensa"))
+        .args(["check", "--ort-library=/nonexistent/libonnxruntime.so"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("setup-ort.sh"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn check_validates_and_reports_the_model() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kensa"))
+        .args(["check", "--device=cpu"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["models"][0]["name"], "kensa-demo");
+    assert_eq!(report["models"][0]["provider"], "cpu");
+    assert!(
+        report["models"][0]["timings"]["batch_16_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn a_broken_model_repository_names_the_file_and_the_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(common::demo_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["graphs"]["text"]["outputs"][0]["shape"][2] = serde_json::json!(999);
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kensa"))
+        .args(["check", "--device=cpu"])
+        .arg(format!("--model-repository={}", dir.path().display()))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("text.onnx") && stderr.contains("999"),
+        "{stderr}"
+    );
+}
