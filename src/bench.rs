@@ -55,10 +55,8 @@ pub struct BenchArgs {
     /// Run a soak at the highest concurrency for this long, sampling the server's memory.
     #[arg(long, env = "KENSA_BENCH_SOAK", value_parser = humantime::parse_duration)]
     pub soak: Option<Duration>,
-    /// The server's max-queue-delay, used only to print the latency target.
-    #[arg(long, env = "KENSA_BENCH_QUEUE_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
-    pub server_queue_delay: Duration,
-    /// Model and runtime for the bare measurement.
+    /// Model and runtime for the bare measurement; give --max-queue-delay the server's value,
+    /// it sets the latency target printed.
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -156,7 +154,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             phase.failures
         );
         if let Some((_, batch_ms)) = ceiling {
-            let target = 3.0 * batch_ms + args.server_queue_delay.as_secs_f64() * 1000.0;
+            let target = 3.0 * batch_ms + args.model.max_queue_delay.as_secs_f64() * 1000.0;
             println!(
                 "target p99 <= 3 x batch compute + max-queue-delay = {target:.1} ms: measured/target = {:.2}",
                 phase.percentile_ms(99.0) / target

@@ -165,6 +165,12 @@ pub struct ServeArgs {
     /// Port of the HTTP API (0: any free port).
     #[arg(long, env = "KENSA_HTTP_PORT", default_value_t = 8080)]
     pub http_port: u16,
+    /// Address the gRPC APIs (native, Open Inference Protocol, health, reflection) listen on.
+    #[arg(long, env = "KENSA_GRPC_HOST", default_value = "0.0.0.0")]
+    pub grpc_host: IpAddr,
+    /// Port of the gRPC APIs (0: any free port).
+    #[arg(long, env = "KENSA_GRPC_PORT", default_value_t = 8081)]
+    pub grpc_port: u16,
     /// Folder for state kensa keeps between runs (TensorRT engine cache unless set apart).
     #[arg(
         long,

@@ -1,12 +1,14 @@
 //! The one error type of the request path.
 //!
-//! Every front door (HTTP today, gRPC and the Open Inference Protocol later) turns an [`Error`]
-//! into its own wire status through the single mapping below, so a given failure always gets
-//! the same status and the same machine-readable code wherever it came in.
+//! Every front door (HTTP, gRPC, the Open Inference Protocol over both) turns an [`Error`] into
+//! its own wire status through the single mappings below (one to an HTTP status, one to a gRPC
+//! status), so a given failure always gets the same status and the same machine-readable code
+//! wherever it came in.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use tonic::metadata::MetadataValue;
 
 /// Why a request could not be answered with a verdict.
 #[derive(Debug, thiserror::Error)]
@@ -118,5 +120,73 @@ impl From<&Error> for StatusCode {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Inference(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+/// gRPC metadata key carrying [`Error::code`].
+pub const GRPC_CODE_KEY: &str = "kensa-error-code";
+/// gRPC metadata key of the retry hint in milliseconds (the gRPC retry design's server pushback).
+pub const GRPC_RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
+
+/// Too-large images and bodies map to `InvalidArgument`, not `ResourceExhausted`: retrying the
+/// same request can never succeed, and clients commonly retry `ResourceExhausted`, which is kept
+/// for a full queue (with a retry hint in `grpc-retry-pushback-ms`). The stable code travels in
+/// the `kensa-error-code` metadata entry.
+impl From<&Error> for tonic::Status {
+    fn from(error: &Error) -> Self {
+        let code = match error {
+            Error::BadRequest(_)
+            | Error::BadImage(_)
+            | Error::NoteTooLong { .. }
+            | Error::ImageTooLarge { .. }
+            | Error::PayloadTooLarge { .. } => tonic::Code::InvalidArgument,
+            Error::ModelNotFound(_) => tonic::Code::NotFound,
+            Error::QueueFull { .. } => tonic::Code::ResourceExhausted,
+            Error::DeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
+            Error::Unavailable(_) => tonic::Code::Unavailable,
+            Error::Inference(_) | Error::Internal(_) => tonic::Code::Internal,
+        };
+        let mut status = tonic::Status::new(code, error.to_string());
+        let metadata = status.metadata_mut();
+        metadata.insert(GRPC_CODE_KEY, MetadataValue::from_static(error.code()));
+        if let Some(after) = error.retry_after() {
+            let millis = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
+            metadata.insert(GRPC_RETRY_PUSHBACK_KEY, MetadataValue::from(millis));
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_statuses_carry_the_code_and_the_retry_hint() {
+        let full = Error::QueueFull {
+            capacity: 4,
+            retry_after: Duration::from_millis(250),
+        };
+        let status = tonic::Status::from(&full);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.metadata().get(GRPC_CODE_KEY).unwrap(), "queue_full");
+        assert_eq!(
+            status.metadata().get(GRPC_RETRY_PUSHBACK_KEY).unwrap(),
+            "250"
+        );
+        let large = Error::PayloadTooLarge {
+            what: "image",
+            size: 2,
+            limit: 1,
+        };
+        let status = tonic::Status::from(&large);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.metadata().get(GRPC_RETRY_PUSHBACK_KEY).is_none());
+        let status = tonic::Status::from(&Error::Unavailable("warming up"));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            status.metadata().get(GRPC_RETRY_PUSHBACK_KEY).unwrap(),
+            "1000"
+        );
     }
 }

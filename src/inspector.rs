@@ -1,7 +1,8 @@
 //! The hallway every front door goes through: admit, preprocess, enqueue, await, answer.
 //!
-//! Adapters (HTTP today) turn their wire format into an [`InspectionRequest`] and call
-//! [`Inspector::inspect`]; limits, checks, deadlines and metrics live here once.
+//! Adapters (HTTP, gRPC, the Open Inference Protocol) turn their wire format into an
+//! [`InspectionRequest`] and call [`Inspector::inspect`]; limits, checks, deadlines and metrics
+//! live here once, and every verdict is published to [`crate::feed`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +12,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, broadcast, oneshot};
 use tokio::time::Instant;
 
 use crate::batching::{Entry, Priority};
 use crate::error::Error;
+use crate::feed::{VerdictEvent, VerdictFeed};
 use crate::heatmap;
 use crate::metrics::{ErrorLabels, Metrics, VerdictLabels};
 use crate::model::registry::{LoadedModel, ModelRepository};
@@ -104,6 +106,7 @@ pub struct Inspector {
     limits: Limits,
     preprocess_slots: Semaphore,
     metrics: Arc<Metrics>,
+    feed: VerdictFeed,
 }
 
 impl Inspector {
@@ -120,6 +123,7 @@ impl Inspector {
             limits,
             preprocess_slots: Semaphore::new(preprocess_threads.max(1)),
             metrics,
+            feed: VerdictFeed::default(),
         }
     }
 
@@ -133,16 +137,24 @@ impl Inspector {
         &self.limits
     }
 
-    /// Inspects one unit and returns its verdict.
+    /// Every verdict produced from now on, from every front door (see [`crate::feed`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<VerdictEvent> {
+        self.feed.subscribe()
+    }
+
+    /// Inspects one unit and returns its verdict; the verdict is also published to listeners.
     pub async fn inspect(&self, request: InspectionRequest) -> Result<Verdict, Error> {
         let result = self.inspect_inner(request).await;
-        if let Err(error) = &result {
-            self.metrics
-                .errors
-                .get_or_create(&ErrorLabels {
-                    code: error.code().to_string(),
-                })
-                .inc();
+        match &result {
+            Ok(verdict) => self.feed.publish(verdict),
+            Err(error) => {
+                self.metrics
+                    .errors
+                    .get_or_create(&ErrorLabels {
+                        code: error.code().to_string(),
+                    })
+                    .inc();
+            }
         }
         result
     }
@@ -217,6 +229,16 @@ impl Inspector {
             None => None,
         };
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            station_id = %request.station_id,
+            model = %model.name,
+            version = model.version,
+            label = %label.name,
+            confidence = scores.confidence(),
+            batch_size = result.batch_size,
+            total_ms = ms(received.elapsed()),
+            "verdict"
+        );
         Ok(Verdict {
             inspection_id: request
                 .inspection_id

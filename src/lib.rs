@@ -10,6 +10,7 @@ pub mod batching;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod feed;
 pub mod heatmap;
 pub mod inspector;
 pub mod metrics;

@@ -1,5 +1,6 @@
-//! Starting and stopping the service: bind first (so liveness answers during warm-up), load and
-//! warm the models, then report ready; on shutdown stop accepting and finish queued work.
+//! Starting and stopping the service: bind the HTTP and gRPC ports first (so liveness answers
+//! during warm-up), load and warm the models, then report ready; on shutdown stop accepting on
+//! both ports and finish queued work.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::grpc_server;
 use crate::api::http::{AppState, router};
 use crate::config::ServeArgs;
 use crate::inspector::{Inspector, Readiness};
@@ -20,6 +22,8 @@ use crate::model::runtime::Runtime;
 pub struct Server {
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    /// Where the gRPC APIs listen.
+    pub grpc_addr: SocketAddr,
     /// Readiness, shared with the probes.
     pub readiness: Arc<Readiness>,
     shutdown: CancellationToken,
@@ -27,7 +31,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads ONNX Runtime, binds the HTTP port and starts loading models in the background.
+    /// Loads ONNX Runtime, binds the HTTP and gRPC ports and starts loading models in the
+    /// background.
     ///
     /// Fails at once when the runtime library is missing or the port is taken; a model that
     /// fails to load ends the server with that error (see [`Server::wait`]).
@@ -44,29 +49,40 @@ impl Server {
             threads,
             Arc::clone(&metrics),
         ));
+        let shutdown = CancellationToken::new();
+        let grpc = grpc_server::services(
+            Arc::clone(&inspector),
+            args.limits.max_body_bytes,
+            shutdown.clone(),
+        )
+        .await?;
         let state = AppState {
             inspector,
             metrics: Arc::clone(&metrics),
             max_body_bytes: args.limits.max_body_bytes,
         };
-        let address = SocketAddr::new(args.http_host, args.http_port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        let http_addr = listener.local_addr()?;
+        let http_listener = bind(SocketAddr::new(args.http_host, args.http_port)).await?;
+        let http_addr = http_listener.local_addr()?;
         tracing::info!(%http_addr, "HTTP API listening");
+        let grpc_listener = bind(SocketAddr::new(args.grpc_host, args.grpc_port)).await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        tracing::info!(%grpc_addr, "gRPC API listening");
 
-        let shutdown = CancellationToken::new();
         let load = load_models(args, runtime, Arc::clone(&readiness), metrics);
         let task = tokio::spawn(serve(
-            listener,
+            Listeners {
+                http: http_listener,
+                grpc: grpc_listener,
+            },
             router(state),
+            grpc,
             load,
             Arc::clone(&readiness),
             shutdown.clone(),
         ));
         Ok(Server {
             http_addr,
+            grpc_addr,
             readiness,
             shutdown,
             task,
@@ -120,28 +136,54 @@ async fn load_models(
     Ok(())
 }
 
+async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
+}
+
+/// The bound ports.
+struct Listeners {
+    http: TcpListener,
+    grpc: TcpListener,
+}
+
 async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     app: axum::Router,
+    grpc: grpc_server::GrpcServices,
     load: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let stop = shutdown.clone();
-    let drained = Arc::clone(&readiness);
-    let http = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop.cancelled().await;
-        drained.start_draining();
-        tracing::info!("draining: finishing accepted requests");
-    });
-    let loader = async {
-        if let Err(error) = load.await {
+    let http = axum::serve(listeners.http, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+    let stop = shutdown.clone();
+    let grpc_server = tonic::transport::Server::builder()
+        .add_routes(grpc.routes)
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY small unary answers wait for delayed ACKs (about 40 ms).
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            async move { stop.cancelled().await },
+        );
+    let health = grpc.health;
+    let lifecycle = async {
+        let loaded = load.await;
+        if loaded.is_err() {
             shutdown.cancel();
-            return Err(error);
+        } else if !shutdown.is_cancelled() {
+            health.set_ready(true).await;
         }
-        Ok(())
+        shutdown.cancelled().await;
+        readiness.start_draining();
+        health.set_ready(false).await;
+        tracing::info!("draining: finishing accepted requests");
+        loaded
     };
-    let (served, loaded) = tokio::join!(http.into_future(), loader);
+    let (http_served, grpc_served, loaded) =
+        tokio::join!(http.into_future(), grpc_server, lifecycle);
     loaded?;
-    served.context("HTTP server failed")
+    http_served.context("HTTP server failed")?;
+    grpc_served.context("gRPC server failed")
 }

@@ -97,6 +97,7 @@ async fn shutdown_finishes_accepted_work() {
         server,
         client,
         base,
+        ..
     } = server;
     tokio::time::timeout(Duration::from_secs(10), server.wait())
         .await
@@ -115,6 +116,8 @@ fn sigterm_drains_and_exits_zero() {
             "serve",
             "--http-host=127.0.0.1",
             "--http-port=0",
+            "--grpc-host=127.0.0.1",
+            "--grpc-port=0",
             "--device=cpu",
         ])
         .arg(format!(

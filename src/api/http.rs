@@ -1,4 +1,5 @@
-//! The native HTTP API (`/v1`), health probes and metrics.
+//! The native HTTP API (`/v1`), health probes and metrics; the Open Inference Protocol's
+//! `/v2` routes are merged in from [`super::v2::http`] so they share state and metrics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,10 +40,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::v2::http::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
         ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -146,7 +149,7 @@ async fn inspect(
 }
 
 /// Reads the whole body, refusing with 413 past `limit` without buffering more than that.
-async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
+pub(crate) async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -24,6 +24,8 @@ pub fn serve_args(extra: &[&str]) -> ServeArgs {
         "serve".into(),
         "--http-host=127.0.0.1".into(),
         "--http-port=0".into(),
+        "--grpc-host=127.0.0.1".into(),
+        "--grpc-port=0".into(),
         format!("--model-repository={}", demo.display()),
         format!("--data-dir={}", data.display()),
         "--device=cpu".into(),
@@ -41,6 +43,8 @@ pub struct TestServer {
     pub server: Server,
     pub client: reqwest::Client,
     pub base: String,
+    /// `http://` address of the gRPC port, for tonic clients.
+    pub grpc: String,
 }
 
 impl TestServer {
@@ -57,10 +61,12 @@ impl TestServer {
             .await
             .expect("server starts");
         let base = format!("http://{}", server.http_addr);
+        let grpc = format!("http://{}", server.grpc_addr);
         TestServer {
             server,
             client: reqwest::Client::new(),
             base,
+            grpc,
         }
     }
 
