@@ -257,7 +257,9 @@ async fn send(
         )
         .text("note", sample.note.clone())
         .text("station_id", format!("bench-{}", n % 16))
-        .text("inspection_id", format!("bench-{n}"));
+        // A fresh id per request: with the verdict store, a repeated id would be answered from
+        // the store without inference and flatter the figures.
+        .text("inspection_id", uuid::Uuid::new_v4().to_string());
     let started = Instant::now();
     let response = client
         .post(format!("{url}/v1/inspections"))

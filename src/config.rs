@@ -16,6 +16,9 @@ use crate::inspector::Limits;
 use crate::model::registry::LoadOptions;
 use crate::model::runtime::RuntimeOptions;
 use crate::preprocess::image::ImageLimits;
+use crate::publish::mqtt::MqttConfig;
+use crate::store::StoreLocation;
+use crate::store::retention::{ImageRetention, RetentionPolicy};
 
 /// kensa (検査): defect classification for AOI production lines.
 ///
@@ -185,6 +188,123 @@ pub struct ServeArgs {
     /// On SIGTERM, how long queued work may take to finish before kensa exits anyway.
     #[arg(long, env = "KENSA_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Verdict store, retention and MQTT.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// The durable verdict store and what hangs off it.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Verdict store: `sqlite` (<data-dir>/verdicts.sqlite), `sqlite:PATH`, a `postgres://` URL
+    /// (shared by several replicas; `?options=-csearch_path%3DSCHEMA` picks a schema), or `none`
+    /// (no durability, idempotency or MES API).
+    #[arg(
+        long,
+        env = "KENSA_STORE",
+        default_value = "sqlite",
+        value_name = "STORE"
+    )]
+    pub store: String,
+    /// Delete verdicts stored more than this many days ago.
+    #[arg(long, env = "KENSA_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u64>,
+    /// Keep at most this many verdicts (the newest).
+    #[arg(long, env = "KENSA_RETENTION_MAX_ROWS", value_name = "ROWS")]
+    pub retention_max_rows: Option<u64>,
+    /// How often retention runs (also at start).
+    #[arg(long, env = "KENSA_RETENTION_INTERVAL", default_value = "10min", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+    /// Keep the images of defects and unsure verdicts in the store, for review and retraining.
+    #[arg(long, env = "KENSA_RETAIN_IMAGES")]
+    pub retain_images: bool,
+    /// With --retain-images, also keep images of normal verdicts below this confidence.
+    #[arg(
+        long,
+        env = "KENSA_RETAIN_IMAGES_BELOW_CONFIDENCE",
+        default_value_t = 0.6
+    )]
+    pub retain_images_below_confidence: f32,
+    /// With --retain-images, keep at most this many bytes of images (the newest).
+    #[arg(long, env = "KENSA_RETAIN_IMAGES_MAX_BYTES", default_value_t = 1 << 30)]
+    pub retain_images_max_bytes: u64,
+    /// Publish every verdict to this MQTT broker (`host:port`, QoS 1); off when unset.
+    #[arg(long, env = "KENSA_MQTT", value_name = "HOST:PORT")]
+    pub mqtt: Option<String>,
+    /// First topic level(s) of published verdicts: `<prefix>/<line>/<station>/verdict`.
+    #[arg(long, env = "KENSA_MQTT_TOPIC_PREFIX", default_value = "kensa")]
+    pub mqtt_topic_prefix: String,
+    /// MQTT client id; must differ between replicas (default: kensa-<host name>).
+    #[arg(long, env = "KENSA_MQTT_CLIENT_ID")]
+    pub mqtt_client_id: Option<String>,
+}
+
+impl StoreArgs {
+    /// Where the store lives; None for `--store none`.
+    pub fn location(&self, data_dir: &Path) -> anyhow::Result<Option<StoreLocation>> {
+        if self.store == "none" {
+            return Ok(None);
+        }
+        StoreLocation::parse(&self.store, data_dir)
+            .map(Some)
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// What retention deletes.
+    pub fn retention(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            max_age: self
+                .retention_days
+                .map(|days| Duration::from_secs(days.saturating_mul(86_400))),
+            max_rows: self.retention_max_rows,
+            max_image_bytes: self.retain_images.then_some(self.retain_images_max_bytes),
+        }
+    }
+
+    /// Which images are kept; `max_image_bytes` is the request limit on one image.
+    pub fn image_retention(&self, max_image_bytes: usize) -> ImageRetention {
+        ImageRetention {
+            enabled: self.retain_images,
+            min_confidence: self.retain_images_below_confidence,
+            max_image_bytes: usize::try_from(self.retain_images_max_bytes)
+                .unwrap_or(usize::MAX)
+                .min(max_image_bytes),
+        }
+    }
+
+    /// The MQTT publisher's settings, when publishing is on.
+    pub fn mqtt(&self) -> anyhow::Result<Option<MqttConfig>> {
+        let Some(broker) = &self.mqtt else {
+            return Ok(None);
+        };
+        let broker = broker.strip_prefix("mqtt://").unwrap_or(broker);
+        let (host, port) = match broker.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .with_context(|| format!("--mqtt {broker}: bad port"))?,
+            ),
+            None => (broker, 1883),
+        };
+        if host.is_empty() {
+            bail!("--mqtt needs a host (host:port)");
+        }
+        let client_id = self.mqtt_client_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+            format!("kensa-{host}")
+        });
+        Ok(Some(MqttConfig {
+            host: host.to_string(),
+            port,
+            client_id,
+            topic_prefix: self.mqtt_topic_prefix.trim_end_matches('/').to_string(),
+            keep_alive: Duration::from_secs(15),
+        }))
+    }
 }
 
 /// `kensa check`.
@@ -340,6 +460,40 @@ mod tests {
         assert_eq!(serve.http_port, 9000);
         assert_eq!(serve.model.max_queue_delay, Duration::from_millis(7));
         assert_eq!(serve.model.sessions, 2);
+    }
+
+    #[test]
+    fn store_flags_become_a_location_a_policy_and_an_mqtt_config() {
+        let cli = Cli::parse_from(os(&[
+            "kensa",
+            "serve",
+            "--data-dir=/srv",
+            "--retention-days=30",
+            "--mqtt=mqtt://broker:1884",
+            "--mqtt-client-id=k1",
+        ]));
+        let Command::Serve(serve) = cli.command else {
+            panic!("expected serve");
+        };
+        let store = &serve.store;
+        assert_eq!(
+            store.location(&serve.data_dir).unwrap(),
+            Some(StoreLocation::Sqlite("/srv/verdicts.sqlite".into()))
+        );
+        assert_eq!(
+            store.retention().max_age,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(store.retention().max_image_bytes, None);
+        let mqtt = store.mqtt().unwrap().unwrap();
+        assert_eq!((mqtt.host.as_str(), mqtt.port), ("broker", 1884));
+        assert_eq!(mqtt.client_id, "k1");
+        let none = Cli::parse_from(os(&["kensa", "serve", "--store=none"]));
+        let Command::Serve(serve) = none.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(serve.store.location(&serve.data_dir).unwrap(), None);
+        assert!(serve.store.mqtt().unwrap().is_none());
     }
 
     #[test]

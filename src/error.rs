@@ -69,6 +69,30 @@ pub enum Error {
     /// The service is warming up or draining.
     #[error("service is not ready: {0}")]
     Unavailable(&'static str),
+    /// The (station_id, inspection_id) key already holds a verdict for a different image.
+    #[error("{0}")]
+    Conflict(String),
+    /// No verdict is stored under that (station_id, inspection_id).
+    #[error("no verdict stored for station {station_id:?}, inspection {inspection_id:?}")]
+    VerdictNotFound {
+        /// The station asked about.
+        station_id: String,
+        /// The inspection asked about.
+        inspection_id: String,
+    },
+    /// The verdict is stored but its image was not kept (image retention is off, or the unit
+    /// was neither a defect nor unsure, or the size cap pushed it out).
+    #[error("the image of station {station_id:?}, inspection {inspection_id:?} was not retained")]
+    ImageNotRetained {
+        /// The station asked about.
+        station_id: String,
+        /// The inspection asked about.
+        inspection_id: String,
+    },
+    /// The verdict store cannot take or give verdicts right now; nothing was acknowledged, so
+    /// the client retries (with the same inspection id).
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// ONNX Runtime failed on a batch.
     #[error("inference failed: {0}")]
     Inference(String),
@@ -90,6 +114,10 @@ impl Error {
             Error::QueueFull { .. } => "queue_full",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
             Error::Unavailable(_) => "unavailable",
+            Error::Conflict(_) => "conflict",
+            Error::VerdictNotFound { .. } => "verdict_not_found",
+            Error::ImageNotRetained { .. } => "image_not_retained",
+            Error::StoreUnavailable(_) => "store_unavailable",
             Error::Inference(_) => "inference_failed",
             Error::Internal(_) => "internal",
         }
@@ -99,8 +127,19 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::QueueFull { retry_after, .. } => Some(*retry_after),
-            Error::Unavailable(_) => Some(Duration::from_secs(1)),
+            Error::Unavailable(_) | Error::StoreUnavailable(_) => Some(Duration::from_secs(1)),
             _ => None,
+        }
+    }
+}
+
+/// Store failures never lose an acknowledged verdict: they answer 503 so the client retries,
+/// except an unreadable row, which is a bug or damage (500).
+impl From<crate::store::StoreError> for Error {
+    fn from(error: crate::store::StoreError) -> Self {
+        match error {
+            crate::store::StoreError::Corrupt(_) => Error::Internal(error.to_string()),
+            _ => Error::StoreUnavailable(error.to_string()),
         }
     }
 }
@@ -114,10 +153,13 @@ impl From<&Error> for StatusCode {
             Error::ImageTooLarge { .. } | Error::PayloadTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Error::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Error::ModelNotFound(_)
+            | Error::VerdictNotFound { .. }
+            | Error::ImageNotRetained { .. } => StatusCode::NOT_FOUND,
             Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Inference(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -140,10 +182,13 @@ impl From<&Error> for tonic::Status {
             | Error::NoteTooLong { .. }
             | Error::ImageTooLarge { .. }
             | Error::PayloadTooLarge { .. } => tonic::Code::InvalidArgument,
-            Error::ModelNotFound(_) => tonic::Code::NotFound,
+            Error::ModelNotFound(_)
+            | Error::VerdictNotFound { .. }
+            | Error::ImageNotRetained { .. } => tonic::Code::NotFound,
             Error::QueueFull { .. } => tonic::Code::ResourceExhausted,
             Error::DeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
-            Error::Unavailable(_) => tonic::Code::Unavailable,
+            Error::Unavailable(_) | Error::StoreUnavailable(_) => tonic::Code::Unavailable,
+            Error::Conflict(_) => tonic::Code::AlreadyExists,
             Error::Inference(_) | Error::Internal(_) => tonic::Code::Internal,
         };
         let mut status = tonic::Status::new(code, error.to_string());

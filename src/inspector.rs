@@ -2,7 +2,13 @@
 //!
 //! Adapters (HTTP, gRPC, the Open Inference Protocol) turn their wire format into an
 //! [`InspectionRequest`] and call [`Inspector::inspect`]; limits, checks, deadlines and metrics
-//! live here once, and every verdict is published to [`crate::feed`].
+//! live here once, and every new verdict is published to [`crate::feed`].
+//!
+//! With a verdict store, every verdict is committed to it before it is returned (durable before
+//! acknowledged), and a retry with the same (station_id, inspection_id) is answered from the
+//! store without a second inference, or refused with a conflict when its image differs. Two
+//! concurrent requests with one key may both run inference, but the store keeps only the first
+//! commit and both callers get that stored verdict.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +21,8 @@ use chrono::Utc;
 use tokio::sync::{Semaphore, broadcast, oneshot};
 use tokio::time::Instant;
 
+use tokio_util::task::TaskTracker;
+
 use crate::batching::{Entry, Priority};
 use crate::error::Error;
 use crate::feed::{VerdictEvent, VerdictFeed};
@@ -22,6 +30,9 @@ use crate::heatmap;
 use crate::metrics::{ErrorLabels, Metrics, VerdictLabels};
 use crate::model::registry::{LoadedModel, ModelRepository};
 use crate::preprocess::image::{ImageLimits, prepare_image};
+use crate::store::record::sha256_hex;
+use crate::store::retention::ImageRetention;
+use crate::store::{Inserted, NewVerdict, SharedStore, StoredVerdict};
 use crate::verdict::{Scores, Timings, Verdict};
 
 /// One inspection as every front door hands it over.
@@ -100,6 +111,37 @@ impl Readiness {
     }
 }
 
+/// Images up to this size are hashed on the calling task; larger ones on a blocking thread.
+const INLINE_HASH_BYTES: usize = 64 << 10;
+
+/// A verdict and how it came to be, for front doors that tell the station (HTTP headers).
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Its cursor in the verdict store; None without a store.
+    pub cursor: Option<u64>,
+    /// True when this is the stored verdict of an earlier request with the same key.
+    pub replayed: bool,
+}
+
+/// What an asynchronous submission was answered with.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The station.
+    pub station_id: String,
+    /// The inspection id (generated when the request had none).
+    pub inspection_id: String,
+    /// The stored verdict when the key already had one (a retry); None while it is running.
+    pub stored: Option<Inspected>,
+}
+
+/// The verdict store as the inspector writes it.
+struct Recording {
+    store: SharedStore,
+    images: ImageRetention,
+}
+
 /// The application service behind every front door.
 pub struct Inspector {
     readiness: Arc<Readiness>,
@@ -107,6 +149,8 @@ pub struct Inspector {
     preprocess_slots: Semaphore,
     metrics: Arc<Metrics>,
     feed: VerdictFeed,
+    recording: Option<Recording>,
+    background: TaskTracker,
 }
 
 impl Inspector {
@@ -124,7 +168,20 @@ impl Inspector {
             preprocess_slots: Semaphore::new(preprocess_threads.max(1)),
             metrics,
             feed: VerdictFeed::default(),
+            recording: None,
+            background: TaskTracker::new(),
         }
+    }
+
+    /// Commits every verdict to `store` before answering, and keeps the images `images` says.
+    pub fn with_store(mut self, store: SharedStore, images: ImageRetention) -> Self {
+        self.recording = Some(Recording { store, images });
+        self
+    }
+
+    /// The verdict store, when there is one.
+    pub fn store(&self) -> Option<&SharedStore> {
+        self.recording.as_ref().map(|r| &r.store)
     }
 
     /// Readiness shared with the health endpoints.
@@ -142,11 +199,20 @@ impl Inspector {
         self.feed.subscribe()
     }
 
-    /// Inspects one unit and returns its verdict; the verdict is also published to listeners.
+    /// Inspects one unit and returns its verdict; a new verdict is also published to listeners.
     pub async fn inspect(&self, request: InspectionRequest) -> Result<Verdict, Error> {
-        let result = self.inspect_inner(request).await;
+        self.inspect_recorded(request).await.map(|i| i.verdict)
+    }
+
+    /// Like [`Inspector::inspect`], also saying where the verdict sits in the store and whether
+    /// it is a stored answer to an earlier request.
+    pub async fn inspect_recorded(&self, request: InspectionRequest) -> Result<Inspected, Error> {
+        let result = self.recorded(request).await;
         match &result {
-            Ok(verdict) => self.feed.publish(verdict),
+            Ok(inspected) if inspected.replayed => {
+                self.metrics.idempotent_replays.inc();
+            }
+            Ok(inspected) => self.feed.publish(&inspected.verdict),
             Err(error) => {
                 self.metrics
                     .errors
@@ -159,18 +225,170 @@ impl Inspector {
         result
     }
 
-    async fn inspect_inner(&self, request: InspectionRequest) -> Result<Verdict, Error> {
-        let received = Instant::now();
-        let received_at = Utc::now();
+    /// Accepts a unit to inspect in the background (`mode=async`, for slow lines): checks what
+    /// can be checked at once and answers with its key; the verdict is stored (and streamed)
+    /// when done. A full queue is waited out within the request's deadline (`--max-deadline`
+    /// when it names none); a unit that fails gets no verdict, the failure is logged.
+    pub async fn submit(
+        self: &Arc<Self>,
+        mut request: InspectionRequest,
+    ) -> Result<Submitted, Error> {
+        let Some(recording) = &self.recording else {
+            return Err(Error::BadRequest(
+                "mode=async needs the verdict store (kensa runs with --store none)".into(),
+            ));
+        };
         self.validate(&request)?;
-        let models = self
-            .readiness
+        self.ready_models()?
+            .get(request.model.as_deref(), request.model_version)?;
+        let given = request.inspection_id.is_some();
+        let inspection_id = request.inspection_id.get_or_insert_with(new_id).clone();
+        let submitted = |stored| Submitted {
+            station_id: request.station_id.clone(),
+            inspection_id: inspection_id.clone(),
+            stored,
+        };
+        if given {
+            let image_sha256 = hash(&request.image).await?;
+            if let Some(stored) = recording
+                .store
+                .get(&request.station_id, &inspection_id)
+                .await?
+            {
+                return replay(stored, &image_sha256).map(|i| submitted(Some(i)));
+            }
+        }
+        let answer = submitted(None);
+        let deadline = Instant::now() + request.deadline.unwrap_or(self.limits.max_deadline);
+        let inspector = Arc::clone(self);
+        self.background.spawn(async move {
+            loop {
+                let mut attempt = request.clone();
+                attempt.deadline = Some(deadline.saturating_duration_since(Instant::now()));
+                match inspector.inspect_recorded(attempt).await {
+                    Err(Error::QueueFull { retry_after, .. })
+                        if Instant::now() + retry_after < deadline =>
+                    {
+                        tokio::time::sleep(retry_after).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            station_id = %request.station_id,
+                            inspection_id = ?request.inspection_id,
+                            %error,
+                            "asynchronous inspection failed"
+                        );
+                        return;
+                    }
+                    Ok(_) => return,
+                }
+            }
+        });
+        Ok(answer)
+    }
+
+    /// Waits for asynchronous inspections still running (on shutdown).
+    pub async fn finish_background(&self) {
+        self.background.close();
+        self.background.wait().await;
+    }
+
+    /// Inspects, committing the verdict to the store first when there is one.
+    async fn recorded(&self, mut request: InspectionRequest) -> Result<Inspected, Error> {
+        let Some(recording) = &self.recording else {
+            let verdict = self.inspect_inner(request).await?;
+            return Ok(Inspected {
+                verdict,
+                cursor: None,
+                replayed: false,
+            });
+        };
+        self.validate(&request)?;
+        let given = request.inspection_id.is_some();
+        let inspection_id = request.inspection_id.get_or_insert_with(new_id).clone();
+        let image_sha256 = hash(&request.image).await?;
+        let heatmap_image = request.heatmap.then(|| request.image.clone());
+        if given
+            && let Some(stored) = recording
+                .store
+                .get(&request.station_id, &inspection_id)
+                .await?
+        {
+            return self
+                .with_heatmap(replay(stored, &image_sha256)?, heatmap_image)
+                .await;
+        }
+        let note = request.note.clone();
+        let image = request.image.clone();
+        let verdict = self.inspect_inner(request).await?;
+        let mut kept = verdict.clone();
+        kept.heatmap_png = None;
+        let record = NewVerdict {
+            image: recording.images.keeps(&kept, image.len()).then_some(image),
+            verdict: kept,
+            note,
+            image_sha256: image_sha256.clone(),
+        };
+        let started = Instant::now();
+        let inserted = recording.store.insert(record).await?;
+        self.metrics
+            .store_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match inserted {
+            Inserted::New(stored) => Ok(Inspected {
+                verdict,
+                cursor: Some(stored.cursor),
+                replayed: false,
+            }),
+            // Another request with this key committed first: its verdict is the one.
+            Inserted::Existing(stored) => {
+                self.with_heatmap(replay(stored, &image_sha256)?, heatmap_image)
+                    .await
+            }
+        }
+    }
+
+    /// Heat maps are not stored: a stored answer that asks for one gets it rendered from the
+    /// stored attention over the resent image (the same image: [`replay`] checked its hash).
+    async fn with_heatmap(
+        &self,
+        mut inspected: Inspected,
+        image: Option<Bytes>,
+    ) -> Result<Inspected, Error> {
+        let Some(image) = image else {
+            return Ok(inspected);
+        };
+        let verdict = &mut inspected.verdict;
+        let model = self
+            .ready_models()?
+            .get(Some(&verdict.model), Some(verdict.model_version))?;
+        let limits = self.limits.image;
+        let spec = model.manifest.image.clone();
+        let pixels = tokio::task::spawn_blocking(move || prepare_image(&image, &spec, &limits))
+            .await
+            .map_err(|e| Error::Internal(format!("preprocessing panicked: {e}")))??
+            .pixels;
+        let attention = verdict.attention.values.clone();
+        verdict.heatmap_png = Some(self.render_heatmap(&model, pixels, attention).await?);
+        Ok(inspected)
+    }
+
+    fn ready_models(&self) -> Result<&ModelRepository, Error> {
+        self.readiness
             .models()
             .filter(|_| self.readiness.is_ready())
             .ok_or(Error::Unavailable(
                 "models are loading or the service is draining",
-            ))?;
-        let model = models.get(request.model.as_deref(), request.model_version)?;
+            ))
+    }
+
+    async fn inspect_inner(&self, request: InspectionRequest) -> Result<Verdict, Error> {
+        let received = Instant::now();
+        let received_at = Utc::now();
+        self.validate(&request)?;
+        let model = self
+            .ready_models()?
+            .get(request.model.as_deref(), request.model_version)?;
         let deadline_after = request.deadline.unwrap_or(self.limits.default_deadline);
         let deadline = received + deadline_after;
         let place = model.queue.reserve()?;
@@ -240,9 +458,7 @@ impl Inspector {
             "verdict"
         );
         Ok(Verdict {
-            inspection_id: request
-                .inspection_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            inspection_id: request.inspection_id.unwrap_or_else(new_id),
             station_id: request.station_id,
             model: model.name.clone(),
             model_version: model.version,
@@ -358,6 +574,48 @@ impl Inspector {
         .map_err(|e| Error::Internal(format!("heat map rendering panicked: {e}")))??;
         Ok(base64::engine::general_purpose::STANDARD.encode(png))
     }
+}
+
+/// An inspection id for a request that brought none.
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Hex SHA-256 of an image, off the async threads when it is large.
+async fn hash(image: &Bytes) -> Result<String, Error> {
+    if image.len() <= INLINE_HASH_BYTES {
+        return Ok(sha256_hex(image));
+    }
+    let image = image.clone();
+    tokio::task::spawn_blocking(move || sha256_hex(&image))
+        .await
+        .map_err(|e| Error::Internal(format!("hashing the image panicked: {e}")))
+}
+
+/// The answer to a request whose key already has a stored verdict: that verdict when the image
+/// is the same (a retry), a conflict when it is not (a different unit under a reused id).
+fn replay(stored: StoredVerdict, image_sha256: &str) -> Result<Inspected, Error> {
+    if stored.image_sha256 != image_sha256 {
+        return Err(Error::Conflict(format!(
+            "station {:?} already has a verdict for inspection {:?} (cursor {}) with a different \
+             image (sha256 {} stored, {} sent); a retry must resend the same image, a new unit \
+             needs a new inspection_id",
+            stored.verdict.station_id,
+            stored.verdict.inspection_id,
+            stored.cursor,
+            short(&stored.image_sha256),
+            short(image_sha256),
+        )));
+    }
+    Ok(Inspected {
+        verdict: stored.verdict,
+        cursor: Some(stored.cursor),
+        replayed: true,
+    })
+}
+
+fn short(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
 }
 
 fn check_id(field: &str, value: &str) -> Result<(), Error> {

@@ -16,5 +16,7 @@ pub mod inspector;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod publish;
 pub mod server;
+pub mod store;
 pub mod verdict;

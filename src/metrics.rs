@@ -97,6 +97,33 @@ pub struct Metrics {
     pub ready: Gauge,
     /// Resident memory of the process, read at each scrape.
     pub resident_memory: Gauge,
+    /// Time to commit one verdict to the store.
+    pub store_write_seconds: Histogram,
+    /// Verdicts held by the store.
+    pub store_rows: Gauge,
+    /// Bytes held by the store (verdicts, notes, retained images).
+    pub store_bytes: Gauge,
+    /// Retained images held by the store.
+    pub store_images: Gauge,
+    /// The highest committed cursor this replica knows of.
+    pub store_cursor: Gauge,
+    /// Verdicts and images deleted by retention.
+    pub store_pruned: Family<PrunedLabels, Counter>,
+    /// Retries answered with the stored verdict instead of a new inference.
+    pub idempotent_replays: Counter,
+    /// Verdicts the MQTT broker acknowledged.
+    pub mqtt_published: Counter,
+    /// 1 while the MQTT publisher is connected.
+    pub mqtt_connected: Gauge,
+    /// Stored verdicts not yet acknowledged by the MQTT broker.
+    pub mqtt_backlog: Gauge,
+}
+
+/// Labels of the retention counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrunedLabels {
+    /// `verdicts` or `images`.
+    pub kind: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -181,6 +208,66 @@ impl Metrics {
             "Resident set size of the process",
             resident_memory.clone(),
         );
+        let store_write_seconds = latency_histogram();
+        registry.register(
+            "store_write_duration_seconds",
+            "Time to commit one verdict to the verdict store",
+            store_write_seconds.clone(),
+        );
+        let store_rows = Gauge::default();
+        registry.register(
+            "store_rows",
+            "Verdicts held by the store",
+            store_rows.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_bytes",
+            "Bytes held by the store: verdicts, notes and retained images",
+            store_bytes.clone(),
+        );
+        let store_images = Gauge::default();
+        registry.register(
+            "store_images",
+            "Retained images held by the store",
+            store_images.clone(),
+        );
+        let store_cursor = Gauge::default();
+        registry.register(
+            "store_cursor",
+            "Highest committed verdict cursor known to this replica",
+            store_cursor.clone(),
+        );
+        let store_pruned = Family::<PrunedLabels, Counter>::default();
+        registry.register(
+            "store_pruned",
+            "Verdicts and images deleted by retention",
+            store_pruned.clone(),
+        );
+        let idempotent_replays = Counter::default();
+        registry.register(
+            "idempotent_replays",
+            "Retries answered with the stored verdict, without inference",
+            idempotent_replays.clone(),
+        );
+        let mqtt_published = Counter::default();
+        registry.register(
+            "mqtt_published",
+            "Verdicts acknowledged by the MQTT broker",
+            mqtt_published.clone(),
+        );
+        let mqtt_connected = Gauge::default();
+        registry.register(
+            "mqtt_connected",
+            "1 while the MQTT publisher is connected to the broker",
+            mqtt_connected.clone(),
+        );
+        let mqtt_backlog = Gauge::default();
+        registry.register(
+            "mqtt_backlog",
+            "Stored verdicts not yet acknowledged by the MQTT broker",
+            mqtt_backlog.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -195,6 +282,16 @@ impl Metrics {
             model_info,
             ready,
             resident_memory,
+            store_write_seconds,
+            store_rows,
+            store_bytes,
+            store_images,
+            store_cursor,
+            store_pruned,
+            idempotent_replays,
+            mqtt_published,
+            mqtt_connected,
+            mqtt_backlog,
         }
     }
 

@@ -1,6 +1,10 @@
 //! Starting and stopping the service: bind the HTTP and gRPC ports first (so liveness answers
 //! during warm-up), load and warm the models, then report ready; on shutdown stop accepting on
 //! both ports and finish queued work.
+//!
+//! The verdict store opens (and migrates) before the ports are bound, so a store that cannot be
+//! reached is a startup error, not a stream of 503s; its retention sweep, gauges and the MQTT
+//! publisher run beside the server until it has drained.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +21,8 @@ use crate::inspector::{Inspector, Readiness};
 use crate::metrics::Metrics;
 use crate::model::registry::ModelRepository;
 use crate::model::runtime::Runtime;
+use crate::publish::mqtt;
+use crate::store::upkeep::Upkeep;
 
 /// A running server; tests start one in-process on an ephemeral port.
 pub struct Server {
@@ -43,13 +49,48 @@ impl Server {
         let threads = args
             .preprocess_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let inspector = Arc::new(Inspector::new(
+        let mut inspector = Inspector::new(
             Arc::clone(&readiness),
             args.limits.limits(),
             threads,
             Arc::clone(&metrics),
-        ));
+        );
         let shutdown = CancellationToken::new();
+        let background = CancellationToken::new();
+        let mqtt_config = args.store.mqtt()?;
+        match args.store.location(&args.data_dir)? {
+            Some(location) => {
+                let store = crate::store::open(&location)
+                    .await
+                    .context("cannot open the verdict store")?;
+                tracing::info!(store = %location, "verdict store open");
+                inspector = inspector.with_store(
+                    Arc::clone(&store),
+                    args.store.image_retention(args.limits.max_image_bytes),
+                );
+                let publisher = mqtt_config.map(|config| {
+                    tracing::info!(broker = %format!("{}:{}", config.host, config.port), "publishing verdicts over MQTT");
+                    mqtt::spawn(Arc::clone(&store), config, background.clone()).1
+                });
+                let upkeep = Upkeep {
+                    store,
+                    policy: args.store.retention(),
+                    prune_every: args.store.retention_interval,
+                    metrics: Arc::clone(&metrics),
+                    mqtt: publisher,
+                };
+                tokio::spawn(upkeep.run(background.clone()));
+            }
+            None if mqtt_config.is_some() => {
+                anyhow::bail!(
+                    "--mqtt publishes from the verdict store; it cannot run with --store none"
+                )
+            }
+            None => tracing::warn!(
+                "no verdict store (--store none): verdicts are not kept, retries run again"
+            ),
+        }
+        let inspector = Arc::new(inspector);
         let grpc = grpc_server::services(
             Arc::clone(&inspector),
             args.limits.max_body_bytes,
@@ -57,9 +98,10 @@ impl Server {
         )
         .await?;
         let state = AppState {
-            inspector,
+            inspector: Arc::clone(&inspector),
             metrics: Arc::clone(&metrics),
             max_body_bytes: args.limits.max_body_bytes,
+            shutdown: shutdown.clone(),
         };
         let http_listener = bind(SocketAddr::new(args.http_host, args.http_port)).await?;
         let http_addr = http_listener.local_addr()?;
@@ -80,6 +122,12 @@ impl Server {
             Arc::clone(&readiness),
             shutdown.clone(),
         ));
+        let task = tokio::spawn(async move {
+            let served = task.await.context("server task panicked")?;
+            inspector.finish_background().await;
+            background.cancel();
+            served
+        });
         Ok(Server {
             http_addr,
             grpc_addr,

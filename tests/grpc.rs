@@ -43,11 +43,13 @@ async fn unary_inspect_equals_the_http_verdict() {
     let mut grpc = client(&server).await;
     for sample in samples().iter().take(3) {
         let native: Verdict = server.inspect(sample, &[]).await.json().await.unwrap();
-        let mut message = request(sample, "grpc-1");
+        // One inspection id per unit: reusing one for another image is a conflict.
+        let id = format!("grpc-{}", sample.name);
+        let mut message = request(sample, &id);
         message.metadata.insert("line".into(), "L3".into());
         message.heatmap = true;
         let verdict = grpc.inspect(message).await.expect("verdict").into_inner();
-        assert_eq!(verdict.inspection_id, "grpc-1");
+        assert_eq!(verdict.inspection_id, id);
         assert_eq!(verdict.station_id, "aoi-07");
         assert_eq!(verdict.label, native.label);
         assert_eq!(verdict.is_defect, native.is_defect);
@@ -101,20 +103,30 @@ async fn errors_map_to_grpc_codes_with_the_stable_code() {
     let status = grpc
         .get_verdict(pb::GetVerdictRequest {
             inspection_id: "x".into(),
+            station_id: String::new(),
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
-    assert!(status.message().contains("verdict store"), "{status:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let status = grpc
+        .get_verdict(pb::GetVerdictRequest {
+            inspection_id: "never-inspected".into(),
+            station_id: "aoi-07".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(error_code(&status), "verdict_not_found");
 
     let status = grpc
         .watch_verdicts(pb::WatchVerdictsRequest {
-            cursor: "17".into(),
+            cursor: "not-a-cursor".into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,7 @@ async fn shutdown_finishes_accepted_work() {
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
+    let data = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kensa"))
         .args([
             "serve",
@@ -124,6 +125,7 @@ fn sigterm_drains_and_exits_zero() {
             "--model-repository={}",
             common::demo_dir().display()
         ))
+        .arg(format!("--data-dir={}", data.path().display()))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::piped())
         .spawn()

@@ -1,11 +1,16 @@
-//! The native gRPC API (`kensa.v1.InspectionService`): unary and streaming inspections and the
-//! live verdict feed, converted to and from the same [`InspectionRequest`] and [`Verdict`] as the
-//! HTTP API.
+//! The native gRPC API (`kensa.v1.InspectionService`): unary and streaming inspections, stored
+//! verdicts by key, and verdicts streamed from a cursor, converted to and from the same
+//! [`InspectionRequest`] and [`Verdict`] as the HTTP API.
+//!
+//! `WatchVerdicts` reads the verdict store in cursor order (the store's commit wake-ups say when
+//! to look again), so a watcher resuming from its last cursor misses nothing and sees nothing
+//! twice. Only without a store does it fall back to the live feed ([`crate::feed`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use futures::StreamExt as _;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +22,8 @@ use crate::batching::Priority;
 use crate::error::Error;
 use crate::feed::VerdictEvent;
 use crate::inspector::{InspectionRequest, Inspector};
+use crate::store::follow::follow;
+use crate::store::{SharedStore, StoredVerdict, VerdictQuery};
 use crate::verdict::Verdict;
 
 pub use pb::inspection_service_server::InspectionServiceServer;
@@ -75,11 +82,26 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
 
     async fn get_verdict(
         &self,
-        _request: Request<pb::GetVerdictRequest>,
+        request: Request<pb::GetVerdictRequest>,
     ) -> Result<Response<pb::Verdict>, Status> {
-        Err(Status::unimplemented(
-            "GetVerdict needs the verdict store (coming); use WatchVerdicts for live verdicts",
-        ))
+        let key = request.into_inner();
+        if key.station_id.is_empty() || key.inspection_id.is_empty() {
+            return Err(grpc_status(&Error::BadRequest(
+                "station_id and inspection_id are both required".into(),
+            )));
+        }
+        let store = self.store()?;
+        match store
+            .get(&key.station_id, &key.inspection_id)
+            .await
+            .map_err(|e| grpc_status(&e.into()))?
+        {
+            Some(stored) => Ok(Response::new(verdict_message(&stored.verdict))),
+            None => Err(grpc_status(&Error::VerdictNotFound {
+                station_id: key.station_id,
+                inspection_id: key.inspection_id,
+            })),
+        }
     }
 
     type WatchVerdictsStream = ResponseStream<pb::VerdictEvent>;
@@ -89,20 +111,103 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
         request: Request<pb::WatchVerdictsRequest>,
     ) -> Result<Response<Self::WatchVerdictsStream>, Status> {
         let watch = request.into_inner();
-        if !watch.cursor.is_empty() {
-            return Err(Status::unimplemented(
-                "resuming from a cursor needs the verdict store (coming); \
-                 leave cursor empty to watch live verdicts",
-            ));
-        }
         let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
-        tokio::spawn(forward_verdicts(
-            self.inspector.subscribe(),
-            watch,
+        let Some(store) = self.inspector.store() else {
+            if !watch.cursor.is_empty() {
+                return Err(Status::failed_precondition(
+                    "resuming from a cursor needs the verdict store (kensa runs with \
+                     --store none); leave cursor empty to watch live verdicts",
+                ));
+            }
+            tokio::spawn(forward_verdicts(
+                self.inspector.subscribe(),
+                watch,
+                sender,
+                self.shutdown.clone(),
+            ));
+            return Ok(Response::new(ReceiverStream::new(receiver)));
+        };
+        let after = match watch.cursor.as_str() {
+            "" => *store.subscribe().borrow(),
+            cursor => cursor.parse().map_err(|_| {
+                grpc_status(&Error::BadRequest(format!(
+                    "cursor must be a cursor of an earlier event, \"0\" or empty, not {cursor:?}"
+                )))
+            })?,
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let query = VerdictQuery {
+            after,
+            limit: STREAM_IN_FLIGHT,
+            station: non_empty(watch.station_id),
+            line: non_empty(watch.line),
+            lot: non_empty(watch.lot_id),
+            label: non_empty(watch.label),
+            model: non_empty(watch.model),
+            defect_only: watch.defect_only,
+        };
+        tokio::spawn(forward_stored(
+            Arc::clone(store),
+            query,
             sender,
             self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+impl InspectionApi {
+    fn store(&self) -> Result<&SharedStore, Status> {
+        self.inspector.store().ok_or_else(|| {
+            grpc_status(&Error::Unavailable(
+                "the verdict store is off (kensa runs with --store none)",
+            ))
+        })
+    }
+}
+
+/// Sends stored verdicts from the watcher's cursor on, until it leaves, the store fails (the
+/// watcher resumes from its last cursor) or the server drains.
+async fn forward_stored(
+    store: SharedStore,
+    query: VerdictQuery,
+    output: mpsc::Sender<Result<pb::VerdictEvent, Status>>,
+    shutdown: CancellationToken,
+) {
+    let stored = follow(store, query);
+    tokio::pin!(stored);
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = output
+                    .send(Err(Status::unavailable("the server is draining; reconnect")))
+                    .await;
+                return;
+            }
+            () = output.closed() => return,
+            next = stored.next() => next,
+        };
+        let message = match next {
+            Some(Ok(stored)) => Ok(event_message(&stored)),
+            Some(Err(error)) => Err(grpc_status(&error.into())),
+            None => return,
+        };
+        let failed = message.is_err();
+        if output.send(message).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The protobuf form of a stored verdict.
+fn event_message(stored: &StoredVerdict) -> pb::VerdictEvent {
+    pb::VerdictEvent {
+        cursor: stored.cursor.to_string(),
+        missed: 0,
+        verdict: Some(verdict_message(&stored.verdict)),
+        image_sha256: stored.image_sha256.clone(),
+        note: stored.note.clone(),
+        stored_at: Some(timestamp(&stored.stored_at)),
     }
 }
 
@@ -207,6 +312,7 @@ async fn forward_verdicts(
             cursor: event.sequence.to_string(),
             missed: std::mem::take(&mut missed),
             verdict: Some(verdict_message(verdict)),
+            ..pb::VerdictEvent::default()
         };
         if output.send(Ok(message)).await.is_err() {
             return;
@@ -283,15 +389,19 @@ pub fn verdict_message(verdict: &Verdict) -> pb::Verdict {
             total_ms: verdict.timings.total_ms,
         }),
         batch_size: u32::try_from(verdict.batch_size).unwrap_or(u32::MAX),
-        received_at: Some(prost_types::Timestamp {
-            seconds: verdict.received_at.timestamp(),
-            nanos: i32::try_from(verdict.received_at.timestamp_subsec_nanos()).unwrap_or(0),
-        }),
+        received_at: Some(timestamp(&verdict.received_at)),
         metadata: verdict
             .metadata
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         heatmap_png,
+    }
+}
+
+fn timestamp(time: &chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }

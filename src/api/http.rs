@@ -15,9 +15,11 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::batching::Priority;
 use crate::error::Error;
-use crate::inspector::{InspectionRequest, Inspector};
+use crate::inspector::{Inspected, InspectionRequest, Inspector};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::model::manifest::Label;
 
@@ -30,6 +32,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Cancelled when the server drains; ends long-polls and event streams so draining does
+    /// not wait for them.
+    pub shutdown: CancellationToken,
 }
 
 /// The HTTP routes with metrics on every one.
@@ -40,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::mes::routes())
         .merge(super::v2::http::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -88,6 +94,8 @@ struct InspectQuery {
     heatmap: bool,
     /// `png`: answer with the heat map image itself, the verdict in `X-Kensa-*` headers.
     format: Option<String>,
+    /// `async`: answer 202 at once; the verdict is stored when done.
+    mode: Option<String>,
 }
 
 /// `POST /v1/inspections`: multipart form or JSON in, verdict out.
@@ -121,17 +129,44 @@ async fn inspect(
             "content type must be multipart/form-data or application/json, not {content_type:?}"
         )));
     };
+    let asynchronous = match query.mode.as_deref() {
+        None | Some("sync") => false,
+        Some("async") => true,
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "mode must be sync or async, not {other:?}"
+            )));
+        }
+    };
+    if asynchronous {
+        if as_png || query.heatmap {
+            return Err(Error::BadRequest(
+                "mode=async stores the verdict; it cannot answer with a heat map".into(),
+            ));
+        }
+        return submit(&state, inspection).await;
+    }
     inspection.heatmap = query.heatmap || as_png;
-    let verdict = state.inspector.inspect(inspection).await?;
+    let Inspected {
+        verdict,
+        cursor,
+        replayed,
+    } = state.inspector.inspect_recorded(inspection).await?;
+    let mut headers = HeaderMap::new();
+    if let Some(cursor) = cursor {
+        headers.insert("x-kensa-cursor", HeaderValue::from(cursor));
+    }
+    if replayed {
+        headers.insert("x-kensa-replayed", HeaderValue::from_static("true"));
+    }
     if as_png {
-        let png = verdict
+        let encoded = verdict
             .heatmap_png
             .as_deref()
-            .map(|b64| base64::engine::general_purpose::STANDARD.decode(b64))
-            .transpose()
-            .map_err(|e| Error::Internal(format!("heat map encoding: {e}")))?
-            .unwrap_or_default();
-        let mut headers = HeaderMap::new();
+            .ok_or_else(|| Error::Internal("the verdict came without its heat map".into()))?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| Error::Internal(format!("heat map encoding: {e}")))?;
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
         for (name, value) in [
             ("x-kensa-inspection-id", verdict.inspection_id.clone()),
@@ -145,7 +180,48 @@ async fn inspect(
         }
         return Ok((headers, png).into_response());
     }
-    Ok(axum::Json(verdict).into_response())
+    Ok((headers, axum::Json(verdict)).into_response())
+}
+
+/// `POST /v1/inspections?mode=async`: 202 with the key at once (200 with the stored verdict
+/// when the key already has one).
+async fn submit(state: &AppState, inspection: InspectionRequest) -> Result<Response, Error> {
+    let submitted = state.inspector.submit(inspection).await?;
+    let location = format!(
+        "/v1/verdicts/{}/{}",
+        path_segment(&submitted.station_id),
+        path_segment(&submitted.inspection_id)
+    );
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    let (status, state_name, cursor) = match &submitted.stored {
+        Some(stored) => (StatusCode::OK, "stored", stored.cursor),
+        None => (StatusCode::ACCEPTED, "accepted", None),
+    };
+    let body = serde_json::json!({
+        "station_id": submitted.station_id,
+        "inspection_id": submitted.inspection_id,
+        "status": state_name,
+        "cursor": cursor,
+        "verdict": submitted.stored.map(|s| s.verdict),
+        "location": location,
+    });
+    Ok((status, headers, axum::Json(body)).into_response())
+}
+
+/// Percent-encodes one path segment (ids may hold `/`, spaces and the like).
+fn path_segment(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Reads the whole body, refusing with 413 past `limit` without buffering more than that.

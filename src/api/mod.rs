@@ -3,6 +3,7 @@
 pub mod grpc;
 pub mod grpc_server;
 pub mod http;
+pub mod mes;
 pub mod proto;
 pub mod v2;
 

@@ -29,7 +29,8 @@ def infer(kensa: Kensa, mode: str, batch: list[Sample]) -> dict[str, np.ndarray]
     """Sends `batch` as one request (shape [N]) the way `mode` says; returns every output."""
     images = np.array([s.image for s in batch], dtype=np.object_)
     notes = np.array([s.note.encode() for s in batch], dtype=np.object_)
-    ids = np.array([f"{mode}-{i}".encode() for i in range(len(batch))], dtype=np.object_)
+    # One inspection id per unit: kensa's verdict store refuses an id reused for another image.
+    ids = np.array([f"{mode}-{s.name}".encode() for s in batch], dtype=np.object_)
     if mode == "grpc":
         grpc = grpcclient.InferenceServerClient(url=kensa.grpc)
         inputs = [
@@ -65,9 +66,9 @@ def assert_matches_native(kensa: Kensa, mode: str, batch: list[Sample]) -> None:
     assert outputs["probabilities"].shape == (len(batch), len(names))
     assert outputs["attention"].shape[0] == len(batch)
     for i, sample in enumerate(batch):
-        verdict = kensa.native(sample, f"native-{i}")
+        verdict = kensa.native(sample, f"native-{sample.name}")
         assert _text(outputs["label"][i]) == verdict["label"], sample.name
-        assert _text(outputs["inspection_id"][i]) == f"{mode}-{i}"
+        assert _text(outputs["inspection_id"][i]) == f"{mode}-{sample.name}"
         assert outputs["confidence"][i] == pytest.approx(verdict["confidence"], abs=1e-6)
         expected = [verdict["probabilities"][name] for name in names]
         np.testing.assert_allclose(outputs["probabilities"][i], expected, atol=1e-6)

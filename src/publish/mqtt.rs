@@ -1,0 +1,287 @@
+//! Publishes every stored verdict to an MQTT broker (QoS 1), for plants with a broker or a
+//! unified namespace: topic `<prefix>/<line>/<station>/verdict`, payload the stored verdict's
+//! JSON (the same record as `GET /v1/verdicts`, `cursor` included so subscribers can drop the
+//! duplicates QoS 1 allows).
+//!
+//! The verdict store is the outbox: inspections only write the store, and this task reads it
+//! after its own durable cursor, publishes a batch, waits for every PUBACK, then saves the
+//! cursor. A broker outage therefore never slows or fails an inspection; when the broker comes
+//! back the task resumes from its cursor and catches up, also across restarts. With several
+//! replicas on one PostgreSQL store, a lease in the store lets one replica publish at a time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::record::now_ms;
+use crate::store::{SharedStore, StoredVerdict, VerdictQuery};
+
+/// The publisher's cursor and lease name in the store.
+pub const CONSUMER: &str = "mqtt";
+/// Verdicts published before waiting for their acknowledgements.
+const BATCH: usize = 100;
+/// Longest wait for the broker's CONNACK or for a batch's PUBACKs before reconnecting.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a replica holds the publishing lease without renewing it.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often an idle publisher looks at the store (and renews its lease) without a wake-up.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where and how to publish.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id; also the lease holder, so it must differ between replicas.
+    pub client_id: String,
+    /// First topic level(s), `kensa` by default.
+    pub topic_prefix: String,
+    /// MQTT keep-alive interval.
+    pub keep_alive: Duration,
+}
+
+/// What the publisher has done, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    /// Verdicts the broker acknowledged.
+    pub published: AtomicU64,
+    /// The cursor of the last acknowledged verdict.
+    pub cursor: AtomicU64,
+    /// Whether a broker connection is up.
+    pub connected: AtomicBool,
+}
+
+/// Starts the publisher; it runs until `cancel`.
+pub fn spawn(
+    store: SharedStore,
+    config: MqttConfig,
+    cancel: CancellationToken,
+) -> (JoinHandle<()>, Arc<PublisherStats>) {
+    let stats = Arc::new(PublisherStats::default());
+    let task = tokio::spawn(run(store, config, cancel, Arc::clone(&stats)));
+    (task, stats)
+}
+
+/// The topic of one verdict: `<prefix>/<line>/<station>/verdict`, `_` for a missing line.
+pub fn topic(prefix: &str, stored: &StoredVerdict) -> String {
+    let verdict = &stored.verdict;
+    let line = verdict.metadata.get("line").map_or("_", String::as_str);
+    format!(
+        "{prefix}/{}/{}/verdict",
+        topic_level(line),
+        topic_level(&verdict.station_id)
+    )
+}
+
+/// A topic level cannot hold `/`, the wildcards `+` and `#`, or NUL.
+fn topic_level(value: &str) -> String {
+    let level: String = value
+        .chars()
+        .map(|c| match c {
+            '/' | '+' | '#' | '\0' => '_',
+            c => c,
+        })
+        .collect();
+    if level.is_empty() { "_".into() } else { level }
+}
+
+async fn run(
+    store: SharedStore,
+    config: MqttConfig,
+    cancel: CancellationToken,
+    stats: Arc<PublisherStats>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let ended = session(&store, &config, &cancel, &stats, &mut backoff).await;
+        stats.connected.store(false, Ordering::Relaxed);
+        match ended {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(
+                %error,
+                retry_in = ?backoff,
+                broker = %format!("{}:{}", config.host, config.port),
+                "MQTT publishing paused"
+            ),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Events of the MQTT event loop, or why it stopped.
+type Events = mpsc::UnboundedReceiver<Result<Event, String>>;
+
+/// One broker connection: publish until cancelled (Ok) or until something fails (Err).
+async fn session(
+    store: &SharedStore,
+    config: &MqttConfig,
+    cancel: &CancellationToken,
+    stats: &PublisherStats,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+    options.set_keep_alive(config.keep_alive);
+    options.set_clean_session(true);
+    let (client, mut event_loop) = AsyncClient::new(options, BATCH * 2);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            let event = event_loop.poll().await.map_err(|e| e.to_string());
+            let failed = event.is_err();
+            if events_tx.send(event).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let result = async {
+        connected(&mut events).await?;
+        *backoff = Duration::from_secs(1);
+        stats.connected.store(true, Ordering::Relaxed);
+        tracing::info!(broker = %format!("{}:{}", config.host, config.port), "MQTT connected");
+        publish_loop(store, config, cancel, stats, &client, &mut events).await
+    }
+    .await;
+    if result.is_ok() {
+        let _ = client.disconnect().await;
+    }
+    driver.abort();
+    result
+}
+
+async fn connected(events: &mut Events) -> Result<(), String> {
+    let deadline = Instant::now() + ACK_TIMEOUT;
+    loop {
+        match next_event(events, deadline).await? {
+            Event::Incoming(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
+                return Ok(());
+            }
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                return Err(format!("broker refused the connection: {:?}", ack.code));
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn publish_loop(
+    store: &SharedStore,
+    config: &MqttConfig,
+    cancel: &CancellationToken,
+    stats: &PublisherStats,
+    client: &AsyncClient,
+    events: &mut Events,
+) -> Result<(), String> {
+    let mut changes = store.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let leased = store
+            .acquire_lease(CONSUMER, &config.client_id, now_ms(), LEASE_TTL)
+            .await
+            .map_err(|e| e.to_string())?;
+        let batch = if leased {
+            let after = store
+                .consumer_cursor(CONSUMER)
+                .await
+                .map_err(|e| e.to_string())?;
+            let query = VerdictQuery {
+                after,
+                limit: BATCH,
+                ..VerdictQuery::default()
+            };
+            store.list(&query).await.map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                event = events.recv() => {
+                    event.ok_or("the MQTT event loop stopped")??;
+                }
+            }
+            continue;
+        }
+        for stored in &batch {
+            let payload = serde_json::to_vec(stored).map_err(|e| e.to_string())?;
+            client
+                .publish(
+                    topic(&config.topic_prefix, stored),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        acknowledged(events, batch.len()).await?;
+        let last = batch.last().map_or(0, |v| v.cursor);
+        store
+            .save_consumer_cursor(CONSUMER, last)
+            .await
+            .map_err(|e| e.to_string())?;
+        stats
+            .published
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.cursor.store(last, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `count` publishes went out and the broker acknowledged each.
+async fn acknowledged(events: &mut Events, count: usize) -> Result<(), String> {
+    let deadline = Instant::now() + ACK_TIMEOUT;
+    let mut sent = 0;
+    let mut waiting = HashSet::new();
+    while sent < count || !waiting.is_empty() {
+        match next_event(events, deadline).await? {
+            Event::Outgoing(Outgoing::Publish(id)) => {
+                sent += 1;
+                waiting.insert(id);
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                waiting.remove(&ack.pkid);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn next_event(events: &mut Events, deadline: Instant) -> Result<Event, String> {
+    match tokio::time::timeout_at(deadline, events.recv()).await {
+        Err(_) => Err(format!(
+            "the broker did not answer within {}s",
+            ACK_TIMEOUT.as_secs()
+        )),
+        Ok(None) => Err("the MQTT event loop stopped".into()),
+        Ok(Some(event)) => event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_levels_never_contain_wildcards_or_separators() {
+        assert_eq!(topic_level("aoi/07+#"), "aoi_07__");
+        assert_eq!(topic_level(""), "_");
+        assert_eq!(topic_level("L3"), "L3");
+    }
+}

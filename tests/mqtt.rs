@@ -1,0 +1,244 @@
+//! The MQTT publisher against the real Mosquitto broker (`KENSA_TEST_MQTT`, default
+//! 127.0.0.1:1883), with the SQLite store as its outbox.
+
+mod store_support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use kensa::publish::mqtt::{self, MqttConfig};
+use kensa::store::StoredVerdict;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+fn broker() -> SocketAddr {
+    std::env::var("KENSA_TEST_MQTT")
+        .unwrap_or_else(|_| "127.0.0.1:1883".into())
+        .parse()
+        .expect("KENSA_TEST_MQTT is host:port")
+}
+
+/// A topic prefix no other test run uses.
+fn prefix() -> String {
+    format!("kensa-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn config(port: u16, prefix: &str) -> MqttConfig {
+    MqttConfig {
+        host: broker().ip().to_string(),
+        port,
+        client_id: format!("kensa-{}", uuid::Uuid::new_v4().simple()),
+        topic_prefix: prefix.into(),
+        keep_alive: Duration::from_secs(5),
+    }
+}
+
+/// Subscribes to everything under `prefix`; yields (topic, verdict).
+async fn subscribe(prefix: &str) -> mpsc::UnboundedReceiver<(String, StoredVerdict)> {
+    let address = broker();
+    let id = format!("sub-{}", uuid::Uuid::new_v4().simple());
+    let (client, mut event_loop) = AsyncClient::new(
+        MqttOptions::new(id, address.ip().to_string(), address.port()),
+        64,
+    );
+    client
+        .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _client = client;
+        let mut subscribed_tx = Some(subscribed_tx);
+        loop {
+            match event_loop.poll().await.expect("subscriber connection") {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(publish)) => {
+                    let verdict = serde_json::from_slice(&publish.payload).expect("verdict JSON");
+                    if tx.send((publish.topic, verdict)).is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .expect("subscribed")
+        .unwrap();
+    rx
+}
+
+async fn receive(
+    messages: &mut mpsc::UnboundedReceiver<(String, StoredVerdict)>,
+    count: usize,
+) -> Vec<(String, StoredVerdict)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(20), messages.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} verdicts arrived", got.len()))
+            .expect("subscriber alive");
+        got.push(message);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_verdict_is_published_in_cursor_order_on_its_topic() {
+    let fixture = store_support::sqlite().await;
+    let prefix = prefix();
+    let mut messages = subscribe(&prefix).await;
+    let cancel = CancellationToken::new();
+    let (task, stats) = mqtt::spawn(
+        fixture.store.clone(),
+        config(broker().port(), &prefix),
+        cancel.clone(),
+    );
+    for i in 0..25 {
+        let line = if i % 2 == 0 { "L1" } else { "L/2" };
+        let v = store_support::verdict("aoi-07", &format!("u{i}"), "void", &[("line", line)]);
+        fixture
+            .store
+            .insert(store_support::record(&v, b"img", false))
+            .await
+            .unwrap();
+    }
+    let got = receive(&mut messages, 25).await;
+    let cursors: Vec<u64> = got.iter().map(|(_, v)| v.cursor).collect();
+    assert_eq!(cursors, (1..=25).collect::<Vec<_>>());
+    assert_eq!(got[0].0, format!("{prefix}/L1/aoi-07/verdict"));
+    assert_eq!(got[1].0, format!("{prefix}/L_2/aoi-07/verdict"));
+    assert_eq!(got[3].1.verdict.inspection_id, "u3");
+    wait_until(|| stats.cursor.load(Ordering::Relaxed) == 25).await;
+    assert_eq!(
+        fixture.store.consumer_cursor(mqtt::CONSUMER).await.unwrap(),
+        25
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// The publisher reaches the broker through a proxy the test cuts: inspections (store writes)
+/// stay fast during the outage, and every verdict arrives once the broker is reachable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_neither_slows_writes_nor_loses_verdicts() {
+    let fixture = store_support::sqlite().await;
+    let prefix = prefix();
+    let mut messages = subscribe(&prefix).await;
+    let proxy = Proxy::start().await;
+    let cancel = CancellationToken::new();
+    let (task, stats) = mqtt::spawn(
+        fixture.store.clone(),
+        config(proxy.port, &prefix),
+        cancel.clone(),
+    );
+    fixture
+        .store
+        .insert(store_support::simple("aoi-1", "before"))
+        .await
+        .unwrap();
+    assert_eq!(receive(&mut messages, 1).await[0].1.cursor, 1);
+
+    let proxy = proxy.cut().await;
+    wait_until(|| !stats.connected.load(Ordering::Relaxed)).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        fixture
+            .store
+            .insert(store_support::simple("aoi-1", &format!("during-{i}")))
+            .await
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a write took {slowest:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        messages.try_recv().is_err(),
+        "nothing can pass during the outage"
+    );
+
+    let _proxy = proxy.restore().await;
+    let got = receive(&mut messages, 20).await;
+    let cursors: Vec<u64> = got.iter().map(|(_, v)| v.cursor).collect();
+    assert_eq!(cursors, (2..=21).collect::<Vec<_>>());
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+async fn wait_until(condition: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "condition never held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP proxy to the broker that can be cut and restored on the same port.
+struct Proxy {
+    port: u16,
+    tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        Proxy::listen(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    fn listen(listener: TcpListener) -> Proxy {
+        let port = listener.local_addr().unwrap().port();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(broker()).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Proxy { port, tasks }
+    }
+
+    /// Closes the listener and every connection through it.
+    async fn cut(mut self) -> CutProxy {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        CutProxy { port: self.port }
+    }
+}
+
+/// A proxy while the broker is unreachable through it.
+struct CutProxy {
+    port: u16,
+}
+
+impl CutProxy {
+    async fn restore(self) -> Proxy {
+        Proxy::listen(
+            TcpListener::bind(("127.0.0.1", self.port))
+                .await
+                .expect("the proxy port is free again"),
+        )
+    }
+}
