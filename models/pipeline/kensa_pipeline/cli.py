@@ -1,0 +1,187 @@
+"""Command line: ``python -m kensa_pipeline <command> ...``.
+
+Commands: ``generate``, ``train``, ``evaluate``, ``export``, ``export-random``, ``make-demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _threads(n: int) -> None:
+    torch.set_num_threads(n)
+    torch.set_num_interop_threads(1)
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from kensa_pipeline.data.generator import GenConfig, generate
+
+    p = generate(a.out, GenConfig(seed=a.seed, scale=a.scale))
+    print(f"wrote {p}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from kensa_pipeline.train import TrainConfig, train_cli
+
+    cfg = TrainConfig(
+        seed=a.seed,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        patience=a.patience,
+        min_epochs=a.min_epochs,
+        class_weight_power=a.class_weight_power,
+        freeze_encoders=a.freeze_encoders,
+        pfa_weight=0.0 if a.no_pfa else a.pfa_weight,
+        augment=not a.no_augment,
+    )
+    res = train_cli(
+        data=Path(a.data),
+        out=Path(a.out),
+        normal=a.normal,
+        mode=a.mode,
+        cfg=cfg,
+        vision=a.vision,
+        text=a.text,
+        hf_vision=a.hf_vision,
+        tokenizer=a.tokenizer,
+        ablations=a.ablations,
+        image_size=a.image_size,
+        auto_norm=a.auto_norm,
+    )
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from kensa_pipeline.evaluate import evaluate_folder
+
+    res = evaluate_folder(Path(a.model), Path(a.data), normal=a.normal, empty_notes=a.empty_notes)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from kensa_pipeline.train import export_run
+
+    m = export_run(Path(a.run), Path(a.out))
+    print(json.dumps(m["provenance"], indent=2))
+    return 0
+
+
+def cmd_export_random(a: argparse.Namespace) -> int:
+    from kensa_pipeline.bench import export_random
+
+    p = export_random(a.vision, a.text, Path(a.out), seed=a.seed, command=_command())
+    print(f"wrote {p}")
+    return 0
+
+
+def cmd_make_demo(a: argparse.Namespace) -> int:
+    from kensa_pipeline.demo import build_demo
+
+    kw = {}
+    if a.epochs:
+        kw["epochs"] = a.epochs
+    res = build_demo(
+        Path(a.out),
+        Path(a.data),
+        seed=a.seed,
+        scale=a.scale,
+        untrained=a.untrained,
+        train_kwargs=kw,
+        command=_command(),
+    )
+    print(json.dumps({k: v for k, v in res.items() if k != "ablation_markdown"}, indent=2))
+    if "ablation_markdown" in res:
+        print(res["ablation_markdown"])
+    return 0
+
+
+def _command() -> str:
+    return "python -m kensa_pipeline " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kensa_pipeline", description=__doc__)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write a synthetic ASE-like AOI dataset")
+    g.add_argument("--out", required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--scale", type=float, default=1.0, help="1.0 = 455 samples (ASE size)")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train", help="train on a dataset folder (notes JSONL or class folders)")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True, help="run folder (checkpoint, metrics, tokenizer)")
+    t.add_argument("--normal", default="normal", help="name of the normal class")
+    t.add_argument("--mode", default="cmaf", choices=["image", "text", "concat", "cmaf"])
+    t.add_argument("--ablations", action="store_true", help="train all five variants")
+    t.add_argument("--vision", default="tiny", help="preset: tiny | vit-b16")
+    t.add_argument("--hf-vision", default=None, help="local HF CLIP/SigLIP checkpoint dir")
+    t.add_argument("--text", default="tiny", help="preset: tiny | minilm")
+    t.add_argument("--tokenizer", default=None, help="existing tokenizer.json (else trained)")
+    t.add_argument("--image-size", type=int, default=None, help="override preset image size")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=36)
+    t.add_argument("--min-epochs", type=int, default=20, help="no early stop before this")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--patience", type=int, default=8)
+    t.add_argument("--freeze-encoders", action="store_true")
+    t.add_argument(
+        "--class-weight-power", type=float, default=1.0, help="CE weight = inv. freq ** power"
+    )
+    t.add_argument("--no-pfa", action="store_true")
+    t.add_argument("--pfa-weight", type=float, default=0.2)
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument(
+        "--auto-norm",
+        action="store_true",
+        help="image mean/std from the training images (else 0.5/0.25 per channel)",
+    )
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate an exported model folder with onnxruntime")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--normal", default="normal")
+    e.add_argument("--empty-notes", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", help="export a training run into a model folder")
+    x.add_argument("--run", required=True)
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("export-random", help="export presets with random weights (benchmarks)")
+    r.add_argument("--vision", default="vit-b16")
+    r.add_argument("--text", default="minilm")
+    r.add_argument("--out", required=True)
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_export_random)
+
+    d = sub.add_parser("make-demo", help="build models/demo (data, training, export, fixtures)")
+    d.add_argument("--out", default="models/demo")
+    d.add_argument("--data", default=".cache/data/synthetic-demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--scale", type=float, default=2.0)
+    d.add_argument("--epochs", type=int, default=0, help="override training epochs")
+    d.add_argument("--untrained", action="store_true", help="random weights (contract preview)")
+    d.set_defaults(func=cmd_make_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    _threads(a.threads)
+    return int(a.func(a))

@@ -1,0 +1,309 @@
+"""Synthetic ASE-like AOI dataset: laser-drilled vias on a substrate, with machine notes.
+
+Every sample is a grayscale 128x128 AOI review crop of a substrate carrying a grid of
+drilled vias (dark hole inside a brighter copper pad ring, 64 px pitch, zoomed on the flagged via), centred (up to the
+placement error) on the via the machine flagged and measured; that via carries the defect,
+if any. Classes and ASE proportions
+(225 / 92 / 44 / 50 / 44 per 455 samples):
+
+========== ============================================== =====================================
+class      image signature (subtle, strength varies)      note signal
+========== ============================================== =====================================
+normal     none (but dust specks appear as nuisance)      nominal measurements
+void       small dark pocket inside the flagged hole      depth reads deep (laser), remarks
+oversize   flagged hole drilled a bit larger              diameter reads large
+offset     flagged hole shifted inside its pad            offset reads large
+residue    faint smudge on the substrate near the via     measurements nominal; remarks only
+========== ============================================== =====================================
+
+Nuisance variation everywhere: grain noise, defocus blur, illumination gradient and gain,
+grid misalignment (shift + small rotation), via size/pad jitter, dust specks (look like
+voids/residue), texture. Signatures are drawn with random strength, so part of each
+defect class is nearly invisible and classes overlap for the image alone.
+
+The note is what the AOI machine and the operator attach: lot, strip, unit position,
+measurements of the flagged via (diameter, depth, offset in µm), the machine's rule-based
+call codes (thresholds on those measurements + a gray-level detector that also fires on
+dust) and a short operator remark. The
+measurements overlap between classes (measurement noise); the remark is informative only
+part of the time and sometimes misleading; some notes are empty; some are wrong (they
+belong to another unit).
+
+Everything is driven by one seed: the same (seed, scale) gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ["normal", "void", "oversize", "offset", "residue"]
+ASE_COUNTS = {"normal": 225, "void": 92, "oversize": 44, "offset": 50, "residue": 44}
+DISPLAY = {
+    "normal": "Normal",
+    "void": "Void in via",
+    "oversize": "Oversize via",
+    "offset": "Offset via",
+    "residue": "Residue",
+}
+IMAGE_SIZE = 128
+GRID = 4
+PITCH = 64.0
+Z = (
+    PITCH / 40.0
+)  # zoom relative to the 64 px pitch, zoomed on the flagged via the defect sizes were tuned at
+UM_PER_PX = 2.7 / Z
+
+REMARKS = {
+    "normal": ["ok", "pass", "looks fine", "no defect seen", "nominal", "cosmetic only"],
+    "void": ["dark spot in hole", "possible void", "hole bottom dark", "void suspected"],
+    "oversize": ["hole looks big", "drill wide", "diameter high", "large hole"],
+    "offset": ["hole off center", "misregistration", "pad ring uneven", "drill shifted"],
+    "residue": ["stain near via", "residue on surface", "smudge seen", "contamination"],
+}
+GENERIC = ["check", "re-inspect", "operator review", "flagged by aoi", "see image", ""]
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Knobs of the generator (defaults are the shipped demo's)."""
+
+    seed: int = 0
+    scale: float = 1.0  # 1.0 = 455 samples in ASE proportions
+    p_empty: float = 0.08  # note left empty
+    p_wrong: float = 0.05  # note of another unit (other class)
+    p_remark_true: float = 0.45  # remark names the right class
+    p_remark_misleading: float = 0.12  # remark names another class
+
+
+def class_counts(scale: float) -> dict[str, int]:
+    """Per-class counts in ASE proportions for a given scale (at least 2 per class)."""
+    return {c: max(2, int(round(n * scale))) for c, n in ASE_COUNTS.items()}
+
+
+def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency texture: random grid upsampled bicubically, ~N(0,1)."""
+    small = rng.standard_normal((cells, cells)).astype(np.float32)
+    im = Image.fromarray(small, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    arr = np.asarray(im, dtype=np.float32)
+    return arr / (arr.std() + 1e-6)
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable gaussian blur (reflect padding)."""
+    if sigma < 0.2:
+        return img
+    r = int(math.ceil(3 * sigma))
+    x = np.arange(-r, r + 1, dtype=np.float32)
+    k = np.exp(-(x**2) / (2 * sigma**2))
+    k /= k.sum()
+    p = np.pad(img, r, mode="reflect")
+    tmp = np.zeros_like(p[r:-r, :])
+    for i, w in enumerate(k):
+        tmp += w * p[i : i + img.shape[0], :]
+    out = np.zeros_like(img)
+    for i, w in enumerate(k):
+        out += w * tmp[:, i : i + img.shape[1]]
+    return out
+
+
+def _soft_disc(d: np.ndarray, radius: float, edge: float = 0.8) -> np.ndarray:
+    """1 inside radius, 0 outside, smooth edge of ~edge px."""
+    return np.clip((radius - d) / edge + 0.5, 0.0, 1.0)
+
+
+def _via(
+    img: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    label: str,
+    rng: np.random.Generator,
+    geom: dict[str, float],
+    gx: int,
+    gy: int,
+    ox: float,
+    oy: float,
+    theta: float,
+    r_hole: float,
+    r_pad: float,
+    strength: float,
+) -> None:
+    """Draw one via (pad ring + hole) in place; the centre via carries the defect."""
+    px, py = gx * PITCH, gy * PITCH
+    cx = ox + px * math.cos(theta) - py * math.sin(theta)
+    cy = oy + px * math.sin(theta) + py * math.cos(theta)
+    if not (-r_pad - 4 < cx < IMAGE_SIZE + r_pad + 4 and -r_pad - 4 < cy < IMAGE_SIZE + r_pad + 4):
+        return
+    flagged = gx == 0 and gy == 0
+    rh = r_hole * rng.uniform(0.97, 1.03)
+    hx, hy = cx + rng.normal(0, 0.25), cy + rng.normal(0, 0.25)
+    if flagged and label == "oversize":
+        rh *= 1.10 + 0.22 * strength
+        geom["r_hole"] = rh
+    if flagged and label == "offset":
+        a = rng.uniform(0, 2 * math.pi)
+        m = (2.0 + 3.5 * strength) * Z
+        hx, hy = hx + m * math.cos(a), hy + m * math.sin(a)
+        geom["shift"] = m
+    d_pad = np.hypot(xx - cx, yy - cy)
+    d_hole = np.hypot(xx - hx, yy - hy)
+    pad = _soft_disc(d_pad, r_pad, 1.2)
+    hole = _soft_disc(d_hole, rh, 0.9)
+    img += 0.17 * pad  # copper pad is brighter
+    img -= (0.17 + 0.22) * hole  # hole is dark
+    img += 0.06 * np.exp(-(d_hole**2) / (2 * (rh * 0.35) ** 2)) * hole  # bottom glint
+    if flagged and label == "void":
+        a = rng.uniform(0, 2 * math.pi)
+        rr = rng.uniform(0, rh * 0.45)
+        vx, vy = hx + rr * math.cos(a), hy + rr * math.sin(a)
+        vr = rng.uniform(2.8, 4.2) * Z
+        amp = 0.12 + 0.20 * strength
+        img -= amp * np.exp(-((xx - vx) ** 2 + (yy - vy) ** 2) / (2 * vr**2))
+        geom["void"] = strength
+    if flagged and label == "residue":
+        # a smudge of 2-4 overlapping blobs on the substrate next to the via
+        a = rng.uniform(0, 2 * math.pi)
+        dist = r_pad + rng.uniform(2, 6) * Z
+        sx, sy = cx + dist * math.cos(a), cy + dist * math.sin(a)
+        amp = 0.07 + 0.12 * strength
+        for _ in range(int(rng.integers(2, 5))):
+            bx, by = sx + rng.normal(0, 2.5 * Z), sy + rng.normal(0, 2.5 * Z)
+            br = rng.uniform(2.5, 5.0) * Z
+            img -= amp * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * br**2))
+
+
+def render(label: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+    """Render one image (uint8 HxW) and the true geometry of its flagged via."""
+    s = IMAGE_SIZE
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    base = rng.uniform(0.42, 0.58)
+    img = np.full((s, s), base, dtype=np.float32)
+    img += 0.025 * _smooth(rng, s, 6) + 0.012 * _smooth(rng, s, 24)  # substrate texture
+    # The AOI review crop is centred on the flagged via (placement error = misalignment:
+    # shift + small rotation); neighbouring vias of the 64 px pitch, zoomed on the flagged via grid fill the frame.
+    theta = math.radians(rng.uniform(-2.5, 2.5))
+    ox, oy = rng.uniform(-6, 6, size=2) + s / 2
+    r_hole = rng.uniform(10.5, 11.5) * Z
+    r_pad = r_hole + rng.uniform(3.2, 4.2) * Z
+    strength = float(rng.uniform(0.2, 1.0)) if label != "normal" else 0.0
+    geom = {"r_hole": r_hole, "shift": 0.0, "void": 0.0, "flag": float(rng.integers(GRID * GRID))}
+    for gy in range(-1, 2):
+        for gx in range(-1, 2):
+            _via(img, xx, yy, label, rng, geom, gx, gy, ox, oy, theta, r_hole, r_pad, strength)
+    # Nuisance dust specks (any class): small dark or bright dots.
+    for _ in range(int(rng.poisson(0.8))):
+        bx, by = rng.uniform(0, s, size=2)
+        br = rng.uniform(0.8, 2.0)
+        amp = rng.uniform(0.04, 0.12) * (1 if rng.random() < 0.7 else -1)
+        img -= amp * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * br**2))
+    # Illumination: gradient + gain + offset.
+    ga = rng.uniform(0, 2 * math.pi)
+    grad = ((xx - s / 2) * math.cos(ga) + (yy - s / 2) * math.sin(ga)) / s
+    img = img * rng.uniform(0.8, 1.2) * (1 + rng.uniform(0.0, 0.35) * grad)
+    img += rng.uniform(-0.06, 0.06)
+    img = _blur(img, float(rng.uniform(0.3, 1.3)))
+    img += rng.normal(0, rng.uniform(0.008, 0.03), size=img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), geom
+
+
+def _measurements(label: str, geom: dict[str, float], rng: np.random.Generator) -> dict[str, float]:
+    dia = 2 * geom["r_hole"] * UM_PER_PX + rng.normal(0, 1.8)
+    depth = rng.normal(35.0, 2.2) + (rng.uniform(4, 10) if label == "void" else 0.0)
+    offset = abs(geom["shift"] * UM_PER_PX + rng.normal(0, 1.5))
+    return {"dia": round(dia, 1), "depth": round(depth, 1), "offset": round(offset, 1)}
+
+
+def _machine_calls(label: str, m: dict[str, float], rng: np.random.Generator) -> list[str]:
+    """The AOI machine's rule-based call codes: thresholds on its own (noisy) measurements
+    plus a gray-level anomaly detector that also fires on dust (false calls)."""
+    calls = []
+    if m["dia"] > 63.5:
+        calls.append("DIA_HI")
+    if m["depth"] > 39.5:
+        calls.append("DEPTH_HI")
+    if m["offset"] > 4.5:
+        calls.append("OFS_HI")
+    p_gray = {"residue": 0.65, "void": 0.3}.get(label, 0.2)
+    if rng.random() < p_gray:
+        calls.append("GRAY")
+    return calls or ["NONE"]
+
+
+def _remark(label: str, rng: np.random.Generator, cfg: GenConfig) -> str:
+    u = rng.random()
+    if u < cfg.p_remark_true:
+        return str(rng.choice(REMARKS[label]))
+    if u < cfg.p_remark_true + cfg.p_remark_misleading:
+        other = [c for c in CLASSES if c != label]
+        return str(rng.choice(REMARKS[str(rng.choice(other))]))
+    return str(rng.choice(GENERIC))
+
+
+def format_note(
+    label: str, geom: dict[str, float], rng: np.random.Generator, cfg: GenConfig
+) -> str:
+    """Machine/operator note of one unit (lot, strip, position, measurements, remark)."""
+    m = _measurements(label, geom, rng)
+    lot = f"L{rng.integers(2401, 2452)}-{rng.integers(1, 20):02d}"
+    strip = int(rng.integers(1, 25))
+    flag = int(geom["flag"])
+    pos = f"R{rng.integers(1, 9)}C{rng.integers(1, 13):02d}"
+    unit_via = f"via {flag // GRID + 1}-{flag % GRID + 1}"
+    unit = "µm" if rng.random() < 0.5 else "um"
+    meas = [f"dia {m['dia']}{unit}", f"depth {m['depth']}{unit}", f"offset {m['offset']}{unit}"]
+    if rng.random() < 0.3:
+        rng.shuffle(meas)
+    remark = _remark(label, rng, cfg)
+    parts = [f"lot {lot} strip {strip} unit {pos} {unit_via}", ", ".join(meas)]
+    parts.append("aoi call: " + " ".join(_machine_calls(label, m, rng)))
+    if remark:
+        parts.append(f"remark: {remark}")
+    return "; ".join(parts)
+
+
+def generate(out_dir: str | Path, cfg: GenConfig = GenConfig()) -> Path:
+    """Write ``images/*.png`` and ``data.jsonl`` (image, note, label) into ``out_dir``.
+
+    Returns the JSONL path. Sample order is shuffled (seeded).
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    labels = [c for c, n in class_counts(cfg.scale).items() for _ in range(n)]
+    order = rng.permutation(len(labels))
+    records: list[dict[str, str]] = []
+    notes_pool: list[tuple[str, str]] = []
+    for i, j in enumerate(order):
+        label = labels[int(j)]
+        srng = np.random.default_rng([cfg.seed, i])
+        img, geom = render(label, srng)
+        note = format_note(label, geom, srng, cfg)
+        name = f"images/{i:05d}.png"
+        Image.fromarray(img, mode="L").save(out / name, optimize=False)
+        records.append({"image": name, "note": note, "label": label})
+        notes_pool.append((label, note))
+    # Corrupt notes: empty, or wrong (taken from a unit of another class).
+    crng = np.random.default_rng([cfg.seed, 10_000_019])
+    for rec in records:
+        u = crng.random()
+        if u < cfg.p_empty:
+            rec["note"] = ""
+        elif u < cfg.p_empty + cfg.p_wrong:
+            others = [n for lab, n in notes_pool if lab != rec["label"]]
+            rec["note"] = others[int(crng.integers(len(others)))]
+    path = out / "data.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    (out / "labels.json").write_text(
+        json.dumps(
+            [{"name": c, "display_name": DISPLAY[c], "is_normal": c == "normal"} for c in CLASSES],
+            indent=2,
+        )
+    )
+    return path

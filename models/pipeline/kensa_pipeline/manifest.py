@@ -1,0 +1,139 @@
+"""Validation of a model folder against the service contract (manifest schema_version 1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+GRAPH_IO = {
+    "vision": (["pixel_values"], ["patch_tokens", "pooled"]),
+    "text": (["input_ids", "attention_mask"], ["token_states"]),
+    "head": (
+        ["patch_tokens", "pooled", "token_states", "attention_mask"],
+        ["logits", "attention"],
+    ),
+}
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+
+
+def _req(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise ValueError(f"{where}: missing {key!r}")
+    if not isinstance(d[key], typ) or (typ is int and isinstance(d[key], bool)):
+        raise ValueError(f"{where}.{key}: expected {typ}, got {type(d[key]).__name__}")
+    return d[key]
+
+
+def validate_manifest(m: dict[str, Any]) -> None:
+    """Raise ValueError when ``m`` does not follow the schema (see models/README.md)."""
+    if _req(m, "schema_version", int, "manifest") != 1:
+        raise ValueError("schema_version must be 1")
+    _req(m, "name", str, "manifest")
+    _req(m, "version", int, "manifest")
+    _req(m, "description", str, "manifest")
+    dt.datetime.fromisoformat(_req(m, "created_at", str, "manifest").replace("Z", "+00:00"))
+    labels = _req(m, "labels", list, "manifest")
+    if len(labels) < 2:
+        raise ValueError("need at least two labels")
+    for i, lab in enumerate(labels):
+        _req(lab, "name", str, f"labels[{i}]")
+        _req(lab, "display_name", str, f"labels[{i}]")
+        _req(lab, "is_normal", bool, f"labels[{i}]")
+    if sum(lab["is_normal"] for lab in labels) != 1:
+        raise ValueError("exactly one label must have is_normal = true")
+    if len({lab["name"] for lab in labels}) != len(labels):
+        raise ValueError("label names must be unique")
+    im = _req(m, "image", dict, "manifest")
+    h, w = _req(im, "height", int, "image"), _req(im, "width", int, "image")
+    c = _req(im, "channels", int, "image")
+    if c not in (1, 3):
+        raise ValueError("image.channels must be 1 or 3")
+    if _req(im, "color", str, "image") != ("gray" if c == 1 else "rgb"):
+        raise ValueError("image.color must be 'gray' for 1 channel, 'rgb' for 3")
+    if _req(im, "resize", str, "image") != "bilinear":
+        raise ValueError("image.resize must be 'bilinear'")
+    mean, std = _req(im, "mean", list, "image"), _req(im, "std", list, "image")
+    if len(mean) != c or len(std) != c or any(s <= 0 for s in std):
+        raise ValueError("image.mean/std need one entry per channel, std > 0")
+    tx = _req(m, "text", dict, "manifest")
+    _req(tx, "tokenizer", str, "text")
+    if _req(tx, "max_tokens", int, "text") < 2:
+        raise ValueError("text.max_tokens must be >= 2")
+    _req(tx, "pad_id", int, "text")
+    if _req(m, "max_batch_size", int, "manifest") < 1:
+        raise ValueError("max_batch_size must be >= 1")
+    grid = _req(m, "attention_grid", dict, "manifest")
+    gh, gw = _req(grid, "height", int, "attention_grid"), _req(grid, "width", int, "attention_grid")
+    graphs = _req(m, "graphs", dict, "manifest")
+    ncls = len(labels)
+    for g, (ins, outs) in GRAPH_IO.items():
+        gd = _req(graphs, g, dict, "graphs")
+        _req(gd, "file", str, f"graphs.{g}")
+        for kind, names in (("inputs", ins), ("outputs", outs)):
+            lst = _req(gd, kind, list, f"graphs.{g}")
+            if [x["name"] for x in lst] != names:
+                raise ValueError(f"graphs.{g}.{kind} must be {names}")
+            for x in lst:
+                if x["dtype"] not in ("float32", "int64"):
+                    raise ValueError(f"graphs.{g}: bad dtype {x['dtype']}")
+                for d in x["shape"]:
+                    if not (isinstance(d, int) and d > 0) and d not in ("batch", "tokens"):
+                        raise ValueError(f"graphs.{g}.{x['name']}: bad dim {d!r}")
+                if x["shape"][0] != "batch":
+                    raise ValueError(f"graphs.{g}.{x['name']}: first dim must be 'batch'")
+    v = graphs["vision"]
+    if v["inputs"][0]["shape"] != ["batch", c, h, w]:
+        raise ValueError("pixel_values shape must be [batch, channels, height, width]")
+    n, dv = v["outputs"][0]["shape"][1:]
+    if n != gh * gw:
+        raise ValueError("patch_tokens N must equal attention_grid height*width")
+    hd = graphs["head"]
+    if hd["outputs"][0]["shape"] != ["batch", ncls]:
+        raise ValueError("logits shape must be [batch, number of labels]")
+    if hd["outputs"][1]["shape"] != ["batch", gh, gw]:
+        raise ValueError("attention shape must be [batch, grid h, grid w]")
+    if hd["inputs"][0]["shape"] != ["batch", n, dv]:
+        raise ValueError("head patch_tokens must match vision output")
+    _req(m, "metrics", dict, "manifest")
+    prov = _req(m, "provenance", dict, "manifest")
+    for k in ("dataset", "seed", "git_commit", "command", "pipeline_version"):
+        if k not in prov:
+            raise ValueError(f"provenance: missing {k!r}")
+
+
+def _onnx_dims(vi: onnx.ValueInfoProto) -> list[Any]:
+    dims = []
+    for d in vi.type.tensor_type.shape.dim:
+        dims.append(d.dim_param if d.dim_param else int(d.dim_value))
+    return dims
+
+
+def validate_folder(folder: str | Path) -> dict[str, Any]:
+    """Validate manifest + files + ONNX graph I/O names/dtypes/shapes against each other."""
+    folder = Path(folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    validate_manifest(m)
+    tok = json.loads((folder / m["text"]["tokenizer"]).read_text())
+    if tok.get("truncation") is not None or tok.get("padding") is not None:
+        raise ValueError("tokenizer.json must carry no truncation and no padding")
+    vocab = tok["model"]["vocab"]
+    if vocab.get("[PAD]") != m["text"]["pad_id"]:
+        raise ValueError("[PAD] id must equal text.pad_id")
+    for g, gd in m["graphs"].items():
+        model = onnx.load(str(folder / gd["file"]))
+        opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        if opset < 17:
+            raise ValueError(f"{g}: opset {opset} < 17")
+        for kind, vis in (("inputs", model.graph.input), ("outputs", model.graph.output)):
+            got = [
+                (vi.name, _ONNX_DTYPES.get(vi.type.tensor_type.elem_type), _onnx_dims(vi))
+                for vi in vis
+            ]
+            want = [(x["name"], x["dtype"], x["shape"]) for x in gd[kind]]
+            if got != want:
+                raise ValueError(f"{g} {kind}: graph has {got}, manifest says {want}")
+    return m

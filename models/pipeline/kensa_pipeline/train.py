@@ -1,0 +1,441 @@
+"""Training: class-balanced cross-entropy + progressive PFA loss, TDA, early stopping on
+validation macro-F1, fixed seeds; the ablation suite (image-only, text-only, concat,
+CMAF without PFA, full PFA+CMAF)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from kensa_pipeline.augment import augment_images, augment_note
+from kensa_pipeline.data.formats import Dataset, load_dataset, split_indices
+from kensa_pipeline.evaluate import compute_metrics, markdown_table
+from kensa_pipeline.models.kensa import KensaModel, ModelSpec
+from kensa_pipeline.models.pfa import PfaSchedule, progressive_info_nce
+from kensa_pipeline.models.text import text_preset
+from kensa_pipeline.models.vision import load_hf_vision, vision_preset
+from kensa_pipeline.preprocess import preprocess_file
+from kensa_pipeline.tokenizer import encode_batch, load_tokenizer, save_tokenizer, train_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 36
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 3
+    patience: int = 8
+    min_epochs: int = 20  # no early stop before this (image features start late from scratch)
+    freeze_encoders: bool = False
+    pfa_weight: float = 0.2
+    pfa_temperature: float = 0.1
+    augment: bool = True
+    p_drop_note: float = 0.15
+    label_smoothing: float = 0.05
+    class_weight_power: float = 1.0  # CE weights = (inverse class frequency) ** power
+    # CMAF: extra CE on the image path alone (= the prediction with an empty note), so the
+    # image branch keeps learning while the faster-learning note branch is available.
+    image_aux_weight: float = 0.5
+    max_minutes: float = 0.0  # 0 = no wall-clock limit
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_images(ds: Dataset, spec: ModelSpec, indices: np.ndarray | None = None) -> torch.Tensor:
+    """Reference-preprocess every image once: [N, C, H, W] float32."""
+    v = spec.vision
+    idx = np.arange(len(ds.samples)) if indices is None else indices
+    arr = np.stack(
+        [
+            preprocess_file(
+                ds.samples[int(i)].image,
+                v.image_size,
+                v.image_size,
+                v.channels,
+                spec.image_mean,
+                spec.image_std,
+            )
+            for i in idx
+        ]
+    )
+    return torch.from_numpy(arr)
+
+
+def _batch_text(
+    tok: Tokenizer, notes: list[str], max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = encode_batch(tok, notes, max_tokens)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+@torch.no_grad()
+def predict(
+    model: KensaModel,
+    images: torch.Tensor,
+    notes: list[str],
+    tok: Tokenizer,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Logits [N, C] (PyTorch, eval mode)."""
+    model.eval()
+    out = []
+    for s in range(0, len(notes), batch_size):
+        ids, mask = _batch_text(tok, notes[s : s + batch_size], model.spec.max_tokens)
+        logits, _ = model(images[s : s + batch_size], ids, mask)
+        out.append(logits)
+    return torch.cat(out).numpy()
+
+
+def train_model(
+    spec: ModelSpec,
+    images: torch.Tensor,
+    ds: Dataset,
+    splits: dict[str, np.ndarray],
+    tok: Tokenizer,
+    cfg: TrainConfig,
+    log: Any = None,
+    vision_init: dict[str, torch.Tensor] | None = None,
+) -> tuple[KensaModel, dict[str, Any]]:
+    """Train one model; ``images`` holds all samples (indexed like ``ds.samples``)."""
+    seed_everything(cfg.seed)
+    model = KensaModel(spec, seed=cfg.seed)
+    seed_everything(cfg.seed)
+    if vision_init is not None:
+        model.vision.load_state_dict(vision_init)
+    y_all = torch.from_numpy(ds.targets())
+    notes_all = [s.note for s in ds.samples]
+    tr, va = splits["train"], splits["val"]
+    counts = np.bincount(y_all[tr].numpy(), minlength=len(spec.labels)).astype(np.float64)
+    w = (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** cfg.class_weight_power
+    class_w = torch.tensor(w, dtype=torch.float32)
+
+    if cfg.freeze_encoders:
+        for p in list(model.vision.parameters()) + list(model.text.parameters()):
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ],
+        lr=cfg.lr,
+    )
+    steps_per_epoch = max(1, int(np.ceil(len(tr) / cfg.batch_size)))
+    total = steps_per_epoch * cfg.epochs
+    warm = steps_per_epoch * cfg.warmup_epochs
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        prog = (step - warm) / max(1, total - warm)
+        return cfg.lr * 0.5 * (1 + np.cos(np.pi * min(1.0, prog)))
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    nrng = np.random.default_rng(cfg.seed)
+    sched = PfaSchedule()
+    use_text = spec.mode != "image"
+    use_pfa = cfg.pfa_weight > 0 and spec.mode in ("cmaf", "concat")
+    best: dict[str, Any] = {"macro_f1": -1.0, "epoch": -1, "val_loss": float("inf")}
+    best_state = copy.deepcopy(model.state_dict())
+    history = []
+    step = 0
+    bad = 0
+    t0 = time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        if cfg.freeze_encoders:
+            model.vision.eval()
+            model.text.eval()
+        perm = tr[torch.randperm(len(tr), generator=gen).numpy()]
+        frac = sched.fraction(epoch, cfg.epochs)
+        tot_ce = tot_pfa = 0.0
+        n_b = 0
+        for s in range(0, len(perm), cfg.batch_size):
+            bi = perm[s : s + cfg.batch_size]
+            if len(bi) < 2:
+                continue
+            x = images[bi]
+            notes = [notes_all[int(i)] for i in bi]
+            if cfg.augment:
+                x = augment_images(x, gen)
+                notes = [augment_note(n, nrng, cfg.p_drop_note) for n in notes]
+            ids, mask = _batch_text(tok, notes, spec.max_tokens)
+            y = y_all[bi]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            f = model.forward_features(x, ids, mask)
+            ce = F.cross_entropy(
+                f["logits"], y, weight=class_w, label_smoothing=cfg.label_smoothing
+            )
+            loss = ce
+            if spec.mode == "cmaf" and cfg.image_aux_weight > 0:
+                aux = F.cross_entropy(
+                    model.head.classifier(f["img_vec"]),
+                    y,
+                    weight=class_w,
+                    label_smoothing=cfg.label_smoothing,
+                )
+                loss = loss + cfg.image_aux_weight * aux
+            if use_pfa and use_text:
+                valid = f["has_content"][:, 0] > 0
+                pfa = progressive_info_nce(
+                    f["img_vec"], f["txt_vec"], y, valid, frac, cfg.pfa_temperature
+                )
+                loss = loss + cfg.pfa_weight * pfa
+                tot_pfa += float(pfa.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            tot_ce += float(ce.detach())
+            n_b += 1
+        # validation
+        logits = predict(model, images[va], [notes_all[int(i)] for i in va], tok)
+        yv = y_all[va].numpy()
+        vloss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(yv)))
+        m = compute_metrics(yv, logits.argmax(1), spec.labels, spec.labels.index(spec.normal_label))
+        rec = {
+            "epoch": epoch,
+            "train_ce": tot_ce / max(1, n_b),
+            "train_pfa": tot_pfa / max(1, n_b),
+            "pfa_fraction": frac,
+            "val_loss": vloss,
+            "val_macro_f1": m["macro_f1"],
+            "seconds": round(time.time() - t0, 1),
+        }
+        history.append(rec)
+        if log is not None:
+            print(json.dumps(rec), file=log, flush=True)
+        improved = m["macro_f1"] > best["macro_f1"] + 1e-9 or (
+            abs(m["macro_f1"] - best["macro_f1"]) <= 1e-9 and vloss < best["val_loss"]
+        )
+        if improved:
+            best = {"macro_f1": m["macro_f1"], "epoch": epoch, "val_loss": vloss}
+            best_state = copy.deepcopy(model.state_dict())
+            bad = 0
+        else:
+            bad += 1
+            if bad >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+                break
+        if cfg.max_minutes and (time.time() - t0) > cfg.max_minutes * 60:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, {"best": best, "history": history, "seconds": round(time.time() - t0, 1)}
+
+
+VARIANTS: list[tuple[str, str, bool]] = [
+    # (name, head mode, PFA loss on)
+    ("image-only", "image", False),
+    ("text-only", "text", False),
+    ("concat fusion", "concat", False),
+    ("CMAF without PFA", "cmaf", False),
+    ("full PFA+CMAF", "cmaf", True),
+]
+
+
+def evaluate_model(
+    model: KensaModel,
+    images: torch.Tensor,
+    ds: Dataset,
+    idx: np.ndarray,
+    tok: Tokenizer,
+    empty_notes: bool = False,
+) -> dict[str, Any]:
+    notes = ["" if empty_notes else ds.samples[int(i)].note for i in idx]
+    logits = predict(model, images[idx], notes, tok)
+    y = ds.targets()[idx]
+    return compute_metrics(y, logits.argmax(1), ds.names, ds.normal_index)
+
+
+def run_ablations(
+    ds: Dataset,
+    splits: dict[str, np.ndarray],
+    spec: ModelSpec,
+    tokenizer_path: Path,
+    cfg: TrainConfig,
+    runs_dir: Path,
+    variants: list[tuple[str, str, bool]] | None = None,
+    log: Any = sys.stderr,
+) -> dict[str, Any]:
+    """Train every variant with the same seed/budget; evaluate on the test split.
+
+    Returns {"model": full model, "metrics": its test metrics, "table": rows, "markdown"}.
+    The full model is also evaluated with every note emptied.
+    """
+    tok = load_tokenizer(tokenizer_path)
+    images = load_images(ds, spec)
+    te = splits["test"]
+    rows: list[dict[str, Any]] = []
+    full: KensaModel | None = None
+    full_metrics: dict[str, Any] = {}
+    for name, mode, pfa in variants or VARIANTS:
+        vspec = replace(spec, mode=mode)
+        vcfg = replace(cfg, pfa_weight=cfg.pfa_weight if pfa else 0.0)
+        if log is not None:
+            print(f"== {name}", file=log, flush=True)
+        model, info = train_model(vspec, images, ds, splits, tok, vcfg, log=log)
+        m = evaluate_model(model, images, ds, te, tok)
+        rows.append(
+            {
+                "variant": name,
+                **m,
+                "best_epoch": info["best"]["epoch"],
+                "train_seconds": info["seconds"],
+            }
+        )
+        d = runs_dir / name.replace(" ", "_").replace("+", "_")
+        model.save(d)
+        (d / "history.json").write_text(json.dumps(info, indent=2))
+        if mode == "cmaf" and pfa:
+            full, full_metrics = model, m
+            me = evaluate_model(model, images, ds, te, tok, empty_notes=True)
+            rows.append({"variant": "full PFA+CMAF, notes emptied", **me})
+    md = markdown_table(rows, ds.names)
+    if full is None:  # variants without the full model: return the last one
+        full, full_metrics = model, m
+    return {
+        "model": full,
+        "metrics": {"split": f"test ({len(te)} samples, seeded stratified 20%)", **full_metrics},
+        "table": rows,
+        "markdown": md,
+    }
+
+
+def train_cli(
+    data: Path,
+    out: Path,
+    normal: str,
+    mode: str,
+    cfg: TrainConfig,
+    vision: str,
+    text: str,
+    hf_vision: str | None,
+    tokenizer: str | None,
+    ablations: bool,
+    image_size: int | None,
+    auto_norm: bool = False,
+) -> dict[str, Any]:
+    """``python -m kensa_pipeline train``: writes run folder(s), metrics JSON + Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(data, normal)
+    splits = split_indices(ds, cfg.seed)
+    if tokenizer:
+        tok = load_tokenizer(tokenizer)
+    else:
+        notes = [ds.samples[int(i)].note for i in splits["train"]]
+        tok = train_tokenizer(notes + ["lot strip unit via dia depth offset um remark"])
+    save_tokenizer(tok, out / "tokenizer.json")
+    vision_init = None
+    if hf_vision:
+        enc, hints = load_hf_vision(hf_vision)
+        vcfg = enc.cfg
+        vision_init = enc.state_dict()
+        mean, std = hints["mean"], hints["std"]
+    else:
+        vcfg = vision_preset(vision, **({"image_size": image_size} if image_size else {}))
+        mean = [0.5] * vcfg.channels
+        std = [0.25] * vcfg.channels
+    tcfg = text_preset(text)
+    if text == "tiny":
+        tcfg = replace(tcfg, vocab_size=tok.get_vocab_size())
+    spec = ModelSpec(
+        vision=vcfg,
+        text=tcfg,
+        labels=ds.names,
+        normal_label=ds.labels[ds.normal_index].name,
+        mode=mode,
+        image_mean=mean,
+        image_std=std,
+    )
+    (out / "labels.json").write_text(json.dumps([asdict(lab) for lab in ds.labels], indent=2))
+    (out / "dataset.json").write_text(json.dumps({"data": str(data), "normal": normal}))
+    if ablations:
+        res = run_ablations(ds, splits, spec, out / "tokenizer.json", cfg, out / "runs")
+        (out / "metrics.json").write_text(json.dumps(res["table"], indent=2))
+        (out / "metrics.md").write_text(res["markdown"] + "\n")
+        res["model"].save(out)
+        return {"table": res["table"], "markdown": res["markdown"]}
+    if auto_norm and not hf_vision:
+        # Per-channel mean/std of the training images (written to the manifest), so that
+        # dark or low-contrast datasets reach the network at unit scale.
+        unit = replace(spec, image_mean=[0.0] * vcfg.channels, image_std=[1.0] * vcfg.channels)
+        raw = load_images(ds, unit)
+        tr_img = raw[splits["train"]]
+        mean = [float(v) for v in tr_img.mean(dim=(0, 2, 3))]
+        std = [max(1e-3, float(v)) for v in tr_img.std(dim=(0, 2, 3))]
+        spec = replace(spec, image_mean=mean, image_std=std)
+        images = (raw - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    else:
+        images = load_images(ds, spec)
+    model, info = train_model(
+        spec, images, ds, splits, tok, cfg, log=sys.stderr, vision_init=vision_init
+    )
+    model.save(out)
+    m = evaluate_model(model, images, ds, splits["test"], tok)
+    rows = [{"variant": mode, **m}]
+    if mode != "image":
+        rows.append(
+            {
+                "variant": f"{mode}, notes emptied",
+                **evaluate_model(model, images, ds, splits["test"], tok, True),
+            }
+        )
+    (out / "history.json").write_text(json.dumps(info, indent=2))
+    (out / "metrics.json").write_text(json.dumps(rows, indent=2))
+    (out / "metrics.md").write_text(markdown_table(rows, ds.names) + "\n")
+    return {"table": rows}
+
+
+def export_run(run: Path, out: Path) -> dict[str, Any]:
+    """Export a training run folder (from ``train``) into a model folder."""
+    from kensa_pipeline import __version__
+    from kensa_pipeline.export import export_model_folder, git_commit
+
+    model = KensaModel.load(run)
+    labels = json.loads((run / "labels.json").read_text())
+    metrics = (
+        json.loads((run / "metrics.json").read_text())[0] if (run / "metrics.json").exists() else {}
+    )
+    metrics = {
+        k: v for k, v in metrics.items() if k not in ("variant", "best_epoch", "train_seconds", "n")
+    }
+    metrics["split"] = "test"
+    return export_model_folder(
+        model,
+        run / "tokenizer.json",
+        out,
+        name=run.name,
+        description=f"kensa model exported from run {run}",
+        labels=labels,
+        metrics=metrics,
+        provenance={
+            "dataset": json.loads((run / "dataset.json").read_text())["data"]
+            if (run / "dataset.json").exists()
+            else "",
+            "seed": 0,
+            "git_commit": git_commit(),
+            "command": "python -m kensa_pipeline " + " ".join(sys.argv[1:]),
+            "pipeline_version": __version__,
+        },
+    )

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerates models/demo/: synthetic data (seeded) -> tokenizer -> five ablation variants
+# -> export of the full PFA+CMAF model (ONNX) -> fixtures -> MODEL_CARD.md.
+# Runs on CPU (KENSA_THREADS, default 1: beside a busy compile 1 thread is much faster than 2); the old folder is replaced only when the new one is complete.
+# Usage: scripts/make-demo-model.sh [extra make-demo args, e.g. --untrained]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+export PYTHONPATH="models/pipeline${PYTHONPATH:+:$PYTHONPATH}"
+rm -rf .cache/data/synthetic-demo
+"$PY" -m kensa_pipeline --threads "${KENSA_THREADS:-1}" make-demo --out models/demo --data .cache/data/synthetic-demo \
+  --seed 0 --scale 2 "$@"
