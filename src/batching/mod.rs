@@ -4,4 +4,4 @@
 pub mod queue;
 pub mod worker;
 
-pub use queue::{Entry, Priority, Queue, QueueConfig};
+pub use queue::{Entry, Fill, Priority, Queue, QueueConfig};

@@ -91,6 +91,17 @@ impl Entry {
     }
 }
 
+/// When a batch may close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// At the maximum size, or once the oldest entry has waited the maximum delay: for a free
+    /// session, which should not idle.
+    SizeOrDelay,
+    /// Only at the maximum size: while every session is busy, a partial batch keeps growing
+    /// instead of closing early and then waiting for a session anyway.
+    Full,
+}
+
 /// How a queue forms batches.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -104,7 +115,8 @@ pub struct QueueConfig {
 
 enum Command {
     Append(Entry),
-    NextBatch(oneshot::Sender<Vec<Entry>>),
+    NextBatch(Fill, oneshot::Sender<Vec<Entry>>),
+    Relax,
 }
 
 /// Handle to a queue task; cheap to clone.
@@ -168,12 +180,18 @@ impl Queue {
             .map_err(|_| Error::Unavailable("model is shutting down"))
     }
 
-    /// Waits for the next batch: at least one entry, closed by size or by the oldest's wait.
-    /// `None` once the queue has shut down.
-    pub async fn next_batch(&self) -> Option<Vec<Entry>> {
+    /// Asks for the next batch: at least one entry, closed as `fill` says. Keep awaiting the
+    /// receiver rather than dropping it (a batch already sent to it would be lost); use
+    /// [`Queue::relax`] to change a pending [`Fill::Full`] ask. `None` once the queue is gone.
+    pub fn ask(&self, fill: Fill) -> Option<oneshot::Receiver<Vec<Entry>>> {
         let (sender, receiver) = oneshot::channel();
-        self.commands.send(Command::NextBatch(sender)).ok()?;
-        receiver.await.ok()
+        self.commands.send(Command::NextBatch(fill, sender)).ok()?;
+        Some(receiver)
+    }
+
+    /// Turns a pending [`Fill::Full`] ask into [`Fill::SizeOrDelay`]: a session came free.
+    pub fn relax(&self) {
+        let _ = self.commands.send(Command::Relax);
     }
 
     /// Entries waiting now.
@@ -273,27 +291,37 @@ impl Waiting {
 
 async fn run(mut commands: mpsc::UnboundedReceiver<Command>, config: QueueConfig) {
     let mut waiting = Waiting::default();
-    let mut asking: Option<oneshot::Sender<Vec<Entry>>> = None;
+    let mut asking: Option<(Fill, oneshot::Sender<Vec<Entry>>)> = None;
     loop {
         let closes_at = match (&asking, waiting.oldest()) {
-            (Some(_), Some(oldest)) => Some(oldest + config.max_delay),
+            (Some((Fill::SizeOrDelay, _)), Some(oldest)) => Some(oldest + config.max_delay),
             _ => None,
         };
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Append(entry)) => waiting.push(entry),
-                Some(Command::NextBatch(sender)) => asking = Some(sender),
+                Some(Command::NextBatch(fill, sender)) => asking = Some((fill, sender)),
+                Some(Command::Relax) => {
+                    if let Some((fill, _)) = &mut asking {
+                        *fill = Fill::SizeOrDelay;
+                    }
+                }
                 None => break,
             },
             _ = sleep_until(closes_at), if closes_at.is_some() => {}
         }
         let now = Instant::now();
         waiting.prune(now);
-        let ready = waiting.len() >= config.max_batch_size
-            || waiting
-                .oldest()
-                .is_some_and(|oldest| oldest + config.max_delay <= now);
-        if ready && let Some(sender) = asking.take() {
+        let full = waiting.len() >= config.max_batch_size;
+        let due = waiting
+            .oldest()
+            .is_some_and(|oldest| oldest + config.max_delay <= now);
+        let ready = match &asking {
+            Some((Fill::Full, _)) => full,
+            Some((Fill::SizeOrDelay, _)) => full || due,
+            None => false,
+        };
+        if ready && let Some((_, sender)) = asking.take() {
             let batch = waiting.take(config.max_batch_size);
             if let Err(batch) = sender.send(batch) {
                 for entry in batch.into_iter().rev() {
@@ -360,8 +388,14 @@ mod tests {
             queue.append(entry).unwrap();
             receivers.push(receiver);
         }
-        assert_eq!(ids(&queue.next_batch().await.unwrap()), vec![3, 1, 2]);
-        assert_eq!(ids(&queue.next_batch().await.unwrap()), vec![4]);
+        assert_eq!(
+            ids(&queue.ask(Fill::SizeOrDelay).unwrap().await.ok().unwrap()),
+            vec![3, 1, 2]
+        );
+        assert_eq!(
+            ids(&queue.ask(Fill::SizeOrDelay).unwrap().await.ok().unwrap()),
+            vec![4]
+        );
     }
 
     #[tokio::test]
@@ -385,7 +419,7 @@ mod tests {
         let (a, _ra) = entry(&queue, 1, Priority::Normal, Duration::from_secs(10));
         queue.append(a).unwrap();
         let started = Instant::now();
-        let batch = queue.next_batch().await.unwrap();
+        let batch = queue.ask(Fill::SizeOrDelay).unwrap().await.ok().unwrap();
         assert_eq!(ids(&batch), vec![1]);
         assert!(
             started.elapsed() >= Duration::from_millis(150),
@@ -397,11 +431,37 @@ mod tests {
         queue.append(b).unwrap();
         queue.append(c).unwrap();
         let started = Instant::now();
-        assert_eq!(ids(&queue.next_batch().await.unwrap()), vec![2, 3]);
+        assert_eq!(
+            ids(&queue.ask(Fill::SizeOrDelay).unwrap().await.ok().unwrap()),
+            vec![2, 3]
+        );
         assert!(
             started.elapsed() < Duration::from_millis(150),
             "a full batch leaves at once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_only_ask_ignores_the_delay_until_relaxed() {
+        let queue = queue(8, 2, Duration::ZERO);
+        let (a, _ra) = entry(&queue, 1, Priority::Normal, Duration::from_secs(10));
+        queue.append(a).unwrap();
+        let mut ticket = queue.ask(Fill::Full).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(100), &mut ticket).await;
+        assert!(waited.is_err(), "one entry is not a full batch");
+        queue.relax();
+        assert_eq!(
+            ids(&ticket.await.unwrap()),
+            vec![1],
+            "relaxed: the delay rule applies"
+        );
+
+        let (b, _rb) = entry(&queue, 2, Priority::Normal, Duration::from_secs(10));
+        let (c, _rc) = entry(&queue, 3, Priority::Normal, Duration::from_secs(10));
+        queue.append(b).unwrap();
+        queue.append(c).unwrap();
+        let full = queue.ask(Fill::Full).unwrap().await.unwrap();
+        assert_eq!(ids(&full), vec![2, 3]);
     }
 
     #[tokio::test]
@@ -417,7 +477,7 @@ mod tests {
             queue.append(e).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let batch = queue.next_batch().await.unwrap();
+        let batch = queue.ask(Fill::SizeOrDelay).unwrap().await.ok().unwrap();
         assert_eq!(ids(&batch), vec![3]);
         assert!(matches!(
             expired_answer.await,

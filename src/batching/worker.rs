@@ -1,9 +1,11 @@
 //! The batch worker: takes batches from a queue, stacks them into tensors and runs them on a
 //! pool of session sets.
 //!
-//! One batch is prepared (stacked and padded on a blocking thread) while earlier batches run,
-//! so a free session never waits for assembly. Each batch runs on a blocking thread; the pool
-//! size bounds how many run at once.
+//! With a session free, the worker takes whatever the queue's delay rule releases. While every
+//! session is busy it takes only a full batch, stacks and pads it (on a blocking thread) while
+//! the others run, and hands it to the next session that frees up; a partial batch instead keeps
+//! growing in the queue, so a busy server runs full batches. Each batch runs on a blocking
+//! thread; the pool size bounds how many run at once.
 
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::queue::{Entry, Queue};
+use super::queue::{Entry, Fill, Queue};
 use crate::error::Error;
 use crate::metrics::{Metrics, ModelLabels};
 use crate::model::pipeline::{BatchInput, ModelSessions};
@@ -39,13 +41,44 @@ async fn run(
     for sessions in pool {
         let _ = free_sender.try_send(sessions);
     }
-    while let Some(entries) = queue.next_batch().await {
+    let mut idle: Option<ModelSessions> = None;
+    loop {
+        let fill = if idle.is_some() {
+            Fill::SizeOrDelay
+        } else {
+            Fill::Full
+        };
+        let Some(mut ticket) = queue.ask(fill) else {
+            break;
+        };
+        let batch = if idle.is_some() {
+            ticket.await.ok()
+        } else {
+            tokio::select! {
+                sessions = free.recv() => {
+                    idle = sessions;
+                    if idle.is_none() {
+                        break;
+                    }
+                    queue.relax();
+                    ticket.await.ok()
+                }
+                batch = &mut ticket => batch.ok(),
+            }
+        };
+        let Some(entries) = batch else {
+            break;
+        };
         let prepared = tokio::task::spawn_blocking(move || assemble(entries, pad_id)).await;
         let Ok((entries, input)) = prepared else {
             tracing::error!("batch assembly panicked");
             continue;
         };
-        let Some(mut sessions) = free.recv().await else {
+        let sessions = match idle.take() {
+            Some(sessions) => Some(sessions),
+            None => free.recv().await,
+        };
+        let Some(mut sessions) = sessions else {
             break;
         };
         let free_sender = free_sender.clone();
