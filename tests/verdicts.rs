@@ -42,6 +42,25 @@ async fn post(
         .expect("request sent")
 }
 
+/// Asks for the heat map PNG of one inspection under station aoi-07.
+async fn heat_map(server: &TestServer, id: &str, image: &[u8]) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(image.to_vec()).file_name("u.png"),
+        )
+        .text("note", "dia 59.1um")
+        .text("station_id", "aoi-07")
+        .text("inspection_id", id.to_string());
+    server
+        .client
+        .post(server.url("/v1/inspections?format=png"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn read(server: &TestServer, query: &str) -> (Vec<StoredVerdict>, u64) {
     let response = server
         .client
@@ -98,41 +117,10 @@ async fn a_retry_gets_the_stored_verdict_without_a_second_inference() {
     );
     assert_eq!(metric(&server, "kensa_idempotent_replays_total").await, 1.0);
 
-    let fresh = server
-        .client
-        .post(server.url("/v1/inspections?format=png"))
-        .multipart(
-            reqwest::multipart::Form::new()
-                .part(
-                    "image",
-                    reqwest::multipart::Part::bytes(image.to_vec()).file_name("u.png"),
-                )
-                .text("note", "dia 59.1um")
-                .text("station_id", "aoi-07")
-                .text("inspection_id", "LOT42-S3-U18"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let replayed = server
-        .client
-        .post(server.url("/v1/inspections?format=png"))
-        .multipart(
-            reqwest::multipart::Form::new()
-                .part(
-                    "image",
-                    reqwest::multipart::Part::bytes(image.to_vec()).file_name("u.png"),
-                )
-                .text("note", "dia 59.1um")
-                .text("station_id", "aoi-07")
-                .text("inspection_id", "LOT42-S3-U18"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let fresh = heat_map(&server, "LOT42-S3-U18", image).await;
+    assert!(fresh.headers().get("x-kensa-replayed").is_none());
+    let fresh = fresh.bytes().await.unwrap();
+    let replayed = heat_map(&server, "LOT42-S3-U18", image).await;
     assert_eq!(replayed.headers()["x-kensa-replayed"], "true");
     let replayed = replayed.bytes().await.unwrap();
     assert!(!replayed.is_empty(), "a replay renders the heat map again");
