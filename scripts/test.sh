@@ -34,6 +34,6 @@ echo "== Rust tests"
 cargo test --locked
 
 echo "== Python tests"
-$py -m pytest -q models/pipeline/tests
+$py -m pytest models/pipeline/tests
 # Real Triton clients against the target/debug/kensa that cargo test built.
 $py -m pytest -q tests/python
