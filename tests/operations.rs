@@ -35,15 +35,7 @@ async fn readiness_waits_for_warm_up() {
 async fn models_and_metrics_describe_the_service() {
     let server = TestServer::start(&[]).await;
     assert_eq!(server.inspect(&samples()[0], &[]).await.status(), 200);
-    let models: serde_json::Value = server
-        .client
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: serde_json::Value = server.get_json("/v1/models").await;
     let model = &models["models"][0];
     assert_eq!(model["name"], "kensa-demo");
     assert_eq!(model["versions"], serde_json::json!([1]));
@@ -51,15 +43,7 @@ async fn models_and_metrics_describe_the_service() {
     assert_eq!(model["ready"], true);
     assert_eq!(model["labels"].as_array().unwrap().len(), 5);
 
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     for expected in [
         "kensa_http_requests_total{route=\"/v1/inspections\",method=\"POST\",status=\"200\"} 1",
         "kensa_http_request_duration_seconds_bucket{",

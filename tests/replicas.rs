@@ -12,20 +12,8 @@ use kensa::store::{StoreLocation, StoredVerdict};
 use serde_json::Value;
 
 async fn post(server: &TestServer, id: &str, image: &[u8]) -> reqwest::Response {
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(image.to_vec()).file_name("unit.png"),
-        )
-        .text("station_id", "aoi-07")
-        .text("inspection_id", id.to_string());
-    server
-        .client
-        .post(server.url("/v1/inspections"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
+    let fields = [("station_id", "aoi-07"), ("inspection_id", id)];
+    server.post_unit("", image, &fields).await
 }
 
 async fn replicas() -> (store_support::Fixture, TestServer, TestServer) {
@@ -58,15 +46,7 @@ async fn a_retry_on_the_other_replica_returns_the_same_verdict() {
     let conflict = post(&b, "LOT42-S3-U17", &samples[1].image).await;
     assert_eq!(conflict.status(), 409);
 
-    let stored: StoredVerdict = b
-        .client
-        .get(b.url("/v1/verdicts/aoi-07/LOT42-S3-U17"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored: StoredVerdict = b.get_json("/v1/verdicts/aoi-07/LOT42-S3-U17").await;
     assert_eq!(
         serde_json::to_value(&stored.verdict).unwrap()["label"],
         first["label"]

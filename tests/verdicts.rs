@@ -22,43 +22,23 @@ async fn post(
     image: &[u8],
     extra: &[(&str, &str)],
 ) -> reqwest::Response {
-    let mut form = reqwest::multipart::Form::new()
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(image.to_vec()).file_name("unit.png"),
-        )
-        .text("note", "dia 59.1um")
-        .text("station_id", station.to_string())
-        .text("inspection_id", id.to_string());
-    for (name, value) in extra {
-        form = form.text(name.to_string(), value.to_string());
-    }
-    server
-        .client
-        .post(server.url("/v1/inspections"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("request sent")
+    let mut fields = vec![
+        ("note", "dia 59.1um"),
+        ("station_id", station),
+        ("inspection_id", id),
+    ];
+    fields.extend_from_slice(extra);
+    server.post_unit("", image, &fields).await
 }
 
 /// Asks for the heat map PNG of one inspection under station aoi-07.
 async fn heat_map(server: &TestServer, id: &str, image: &[u8]) -> reqwest::Response {
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(image.to_vec()).file_name("u.png"),
-        )
-        .text("note", "dia 59.1um")
-        .text("station_id", "aoi-07")
-        .text("inspection_id", id.to_string());
-    server
-        .client
-        .post(server.url("/v1/inspections?format=png"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
+    let fields = [
+        ("note", "dia 59.1um"),
+        ("station_id", "aoi-07"),
+        ("inspection_id", id),
+    ];
+    server.post_unit("?format=png", image, &fields).await
 }
 
 async fn read(server: &TestServer, query: &str) -> (Vec<StoredVerdict>, u64) {
@@ -75,15 +55,7 @@ async fn read(server: &TestServer, query: &str) -> (Vec<StoredVerdict>, u64) {
 }
 
 async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     text.lines()
         .filter(|line| line.starts_with(name) && !line.starts_with('#'))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

@@ -91,24 +91,56 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
-    /// Sends one multipart inspection.
+    /// Sends one multipart inspection of `sample` from station aoi-07.
     pub async fn inspect(&self, sample: &Sample, fields: &[(&str, &str)]) -> reqwest::Response {
-        let mut form = reqwest::multipart::Form::new()
-            .part(
-                "image",
-                reqwest::multipart::Part::bytes(sample.image.clone()).file_name("unit.png"),
-            )
-            .text("note", sample.note.clone())
-            .text("station_id", "aoi-07");
+        let mut all = vec![("note", sample.note.as_str()), ("station_id", "aoi-07")];
+        all.extend_from_slice(fields);
+        self.post_unit("", &sample.image, &all).await
+    }
+
+    /// Posts `image` and the text `fields` as a multipart inspection; `query` is appended to
+    /// `/v1/inspections` (for example `?format=png`).
+    pub async fn post_unit(
+        &self,
+        query: &str,
+        image: &[u8],
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new().part(
+            "image",
+            reqwest::multipart::Part::bytes(image.to_vec()).file_name("unit.png"),
+        );
         for (name, value) in fields {
             form = form.text(name.to_string(), value.to_string());
         }
         self.client
-            .post(self.url("/v1/inspections"))
+            .post(self.url(&format!("/v1/inspections{query}")))
             .multipart(form)
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// GETs `path` and returns the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET sent");
+        response.text().await.expect("text body")
+    }
+
+    /// GETs `path` and parses the JSON body.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET sent");
+        response.json().await.expect("JSON body")
     }
 }
 
