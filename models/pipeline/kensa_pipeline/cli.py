@@ -38,7 +38,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         patience=a.patience,
         min_epochs=a.min_epochs,
         class_weight_power=a.class_weight_power,
+        balance=a.balance,
         freeze_encoders=a.freeze_encoders,
+        fusion_epochs=a.fusion_epochs,
+        fusion_lr=a.fusion_lr,
+        fusion_freeze_encoders=not a.fusion_train_encoders,
         pfa_weight=0.0 if a.no_pfa else a.pfa_weight,
         augment=not a.no_augment,
     )
@@ -55,6 +59,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         ablations=a.ablations,
         image_size=a.image_size,
         auto_norm=a.auto_norm,
+        per_image_norm=a.per_image_norm,
     )
     print(json.dumps(res, indent=2))
     return 0
@@ -132,14 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", default=None, help="existing tokenizer.json (else trained)")
     t.add_argument("--image-size", type=int, default=None, help="override preset image size")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, default=36)
+    t.add_argument("--epochs", type=int, default=36, help="stage 1 (single-modality) epochs")
     t.add_argument("--min-epochs", type=int, default=20, help="no early stop before this")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--patience", type=int, default=8)
-    t.add_argument("--freeze-encoders", action="store_true")
     t.add_argument(
-        "--class-weight-power", type=float, default=1.0, help="CE weight = inv. freq ** power"
+        "--freeze-encoders",
+        action="store_true",
+        help="stage 1: keep the encoders fixed (useful with a pretrained --hf-vision)",
+    )
+    t.add_argument("--fusion-epochs", type=int, default=16, help="stage 2 (fusion head) epochs")
+    t.add_argument("--fusion-lr", type=float, default=1e-3, help="stage 2 learning rate")
+    t.add_argument(
+        "--fusion-train-encoders",
+        action="store_true",
+        help="stage 2: fine-tune the encoders too (default: frozen)",
+    )
+    t.add_argument(
+        "--class-weight-power", type=float, default=1.0, help="class weight = inv. freq ** power"
+    )
+    t.add_argument(
+        "--balance",
+        choices=["weights", "sampler"],
+        default="weights",
+        help="class weights scale the loss, or drive a balanced sampler",
     )
     t.add_argument("--no-pfa", action="store_true")
     t.add_argument("--pfa-weight", type=float, default=0.2)
@@ -148,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--auto-norm",
         action="store_true",
         help="image mean/std from the training images (else 0.5/0.25 per channel)",
+    )
+    t.add_argument(
+        "--per-image-norm",
+        action="store_true",
+        help="standardize each image inside the vision graph (gain/illumination invariance)",
     )
     t.set_defaults(func=cmd_train)
 
@@ -174,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="models/demo")
     d.add_argument("--data", default=".cache/data/synthetic-demo")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--scale", type=float, default=2.0)
+    d.add_argument("--scale", type=float, default=3.0)
     d.add_argument("--epochs", type=int, default=0, help="override training epochs")
     d.add_argument("--untrained", action="store_true", help="random weights (contract preview)")
     d.set_defaults(func=cmd_make_demo)

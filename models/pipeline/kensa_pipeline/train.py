@@ -1,6 +1,16 @@
 """Training: class-balanced cross-entropy + progressive PFA loss, TDA, early stopping on
 validation macro-F1, fixed seeds; the ablation suite (image-only, text-only, concat,
-CMAF without PFA, full PFA+CMAF)."""
+CMAF without PFA, full PFA+CMAF).
+
+Fusion models train in two stages. Stage 1 trains the image-only and the text-only model;
+their encoders stand in for the pretrained VLM image tower and language model of the paper,
+which cannot be downloaded here. Stage 2 starts a fusion model from them (both encoders, both
+projections and, for CMAF, the image-path classifier) and trains the head with the encoders
+frozen, as the paper trains PFA + CMAF over fixed VLM/LLM features. Trained end to end from
+scratch, the note branch learns within a few epochs and the image branch, which needs many
+more, falls behind and is under-used (the model leans on the note); staging avoids that and
+costs far less CPU, because frozen encoders need no backward pass.
+"""
 
 from __future__ import annotations
 
@@ -45,11 +55,19 @@ class TrainConfig:
     augment: bool = True
     p_drop_note: float = 0.15
     label_smoothing: float = 0.05
-    class_weight_power: float = 1.0  # CE weights = (inverse class frequency) ** power
+    class_weight_power: float = 1.0  # class weights = (inverse class frequency) ** power
+    # How the class weights act: "weights" scales the cross-entropy per class; "sampler"
+    # draws each epoch's samples with those weights (with replacement) and leaves the loss
+    # unweighted, which keeps gradients steady when a rare class is 30x rarer than normal.
+    balance: str = "weights"
     # CMAF: extra CE on the image path alone (= the prediction with an empty note), so the
     # image branch keeps learning while the faster-learning note branch is available.
     image_aux_weight: float = 0.5
     max_minutes: float = 0.0  # 0 = no wall-clock limit
+    # Stage 2 (fusion head over the stage-1 encoders): its own epoch budget and learning rate.
+    fusion_epochs: int = 16
+    fusion_lr: float = 1e-3
+    fusion_freeze_encoders: bool = True
 
 
 def seed_everything(seed: int) -> None:
@@ -111,20 +129,30 @@ def train_model(
     tok: Tokenizer,
     cfg: TrainConfig,
     log: Any = None,
-    vision_init: dict[str, torch.Tensor] | None = None,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> tuple[KensaModel, dict[str, Any]]:
-    """Train one model; ``images`` holds all samples (indexed like ``ds.samples``)."""
+    """Train one model; ``images`` holds all samples (indexed like ``ds.samples``).
+
+    ``init`` is a partial state dict (e.g. pretrained encoders) loaded over the seeded
+    initial weights; every key in it must exist in the model.
+    """
     seed_everything(cfg.seed)
     model = KensaModel(spec, seed=cfg.seed)
     seed_everything(cfg.seed)
-    if vision_init is not None:
-        model.vision.load_state_dict(vision_init)
+    if init is not None:
+        unexpected = model.load_state_dict(init, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"initial weights do not fit the model: {unexpected[:5]}")
     y_all = torch.from_numpy(ds.targets())
     notes_all = [s.note for s in ds.samples]
     tr, va = splits["train"], splits["val"]
     counts = np.bincount(y_all[tr].numpy(), minlength=len(spec.labels)).astype(np.float64)
     w = (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** cfg.class_weight_power
-    class_w = torch.tensor(w, dtype=torch.float32)
+    if cfg.balance not in ("weights", "sampler"):
+        raise ValueError(f"balance must be 'weights' or 'sampler', not {cfg.balance!r}")
+    sampler = cfg.balance == "sampler"
+    class_w = torch.tensor(np.ones_like(w) if sampler else w, dtype=torch.float32)
+    draw_p = torch.tensor(w[y_all[tr].numpy()], dtype=torch.float64)
 
     if cfg.freeze_encoders:
         for p in list(model.vision.parameters()) + list(model.text.parameters()):
@@ -154,7 +182,18 @@ def train_model(
     sched = PfaSchedule()
     use_text = spec.mode != "image"
     use_pfa = cfg.pfa_weight > 0 and spec.mode in ("cmaf", "concat")
-    best: dict[str, Any] = {"macro_f1": -1.0, "epoch": -1, "val_loss": float("inf")}
+
+    def validate() -> tuple[float, float]:
+        logits = predict(model, images[va], [notes_all[int(i)] for i in va], tok)
+        yv = y_all[va].numpy()
+        vloss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(yv)))
+        m = compute_metrics(yv, logits.argmax(1), spec.labels, spec.labels.index(spec.normal_label))
+        return float(m["macro_f1"]), vloss
+
+    # The starting weights are the first candidate (epoch -1): a stage-2 run that does not
+    # improve on its stage-1 start on validation keeps the start instead of ending worse.
+    f1_start, loss_start = validate()
+    best: dict[str, Any] = {"macro_f1": f1_start, "epoch": -1, "val_loss": loss_start}
     best_state = copy.deepcopy(model.state_dict())
     history = []
     step = 0
@@ -165,7 +204,10 @@ def train_model(
         if cfg.freeze_encoders:
             model.vision.eval()
             model.text.eval()
-        perm = tr[torch.randperm(len(tr), generator=gen).numpy()]
+        if sampler:
+            perm = tr[torch.multinomial(draw_p, len(tr), replacement=True, generator=gen).numpy()]
+        else:
+            perm = tr[torch.randperm(len(tr), generator=gen).numpy()]
         frac = sched.fraction(epoch, cfg.epochs)
         tot_ce = tot_pfa = 0.0
         n_b = 0
@@ -209,28 +251,24 @@ def train_model(
             step += 1
             tot_ce += float(ce.detach())
             n_b += 1
-        # validation
-        logits = predict(model, images[va], [notes_all[int(i)] for i in va], tok)
-        yv = y_all[va].numpy()
-        vloss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(yv)))
-        m = compute_metrics(yv, logits.argmax(1), spec.labels, spec.labels.index(spec.normal_label))
+        f1, vloss = validate()
         rec = {
             "epoch": epoch,
             "train_ce": tot_ce / max(1, n_b),
             "train_pfa": tot_pfa / max(1, n_b),
             "pfa_fraction": frac,
             "val_loss": vloss,
-            "val_macro_f1": m["macro_f1"],
+            "val_macro_f1": f1,
             "seconds": round(time.time() - t0, 1),
         }
         history.append(rec)
         if log is not None:
             print(json.dumps(rec), file=log, flush=True)
-        improved = m["macro_f1"] > best["macro_f1"] + 1e-9 or (
-            abs(m["macro_f1"] - best["macro_f1"]) <= 1e-9 and vloss < best["val_loss"]
+        improved = f1 > best["macro_f1"] + 1e-9 or (
+            abs(f1 - best["macro_f1"]) <= 1e-9 and vloss < best["val_loss"]
         )
         if improved:
-            best = {"macro_f1": m["macro_f1"], "epoch": epoch, "val_loss": vloss}
+            best = {"macro_f1": f1, "epoch": epoch, "val_loss": vloss}
             best_state = copy.deepcopy(model.state_dict())
             bad = 0
         else:
@@ -245,7 +283,7 @@ def train_model(
 
 
 VARIANTS: list[tuple[str, str, bool]] = [
-    # (name, head mode, PFA loss on)
+    # (name, head mode, PFA loss on); the two single-modality models come first (stage 1).
     ("image-only", "image", False),
     ("text-only", "text", False),
     ("concat fusion", "concat", False),
@@ -268,6 +306,35 @@ def evaluate_model(
     return compute_metrics(y, logits.argmax(1), ds.names, ds.normal_index)
 
 
+def fusion_init(image_model: KensaModel, text_model: KensaModel, mode: str) -> dict[str, Any]:
+    """Stage-2 starting weights: both trained encoders and their projections; for CMAF also
+    the image-only classifier, so that with an empty note the fused model starts out as
+    exactly the image-only model (its note residual starts at zero)."""
+    state: dict[str, Any] = {}
+    for prefix, part in (("vision", image_model.vision), ("text", text_model.text)):
+        state |= {f"{prefix}.{k}": v for k, v in part.state_dict().items()}
+    for src, key in ((image_model, "img_"), (text_model, "txt_")):
+        proj = src.head.proj.state_dict()
+        state |= {f"head.proj.{k}": v for k, v in proj.items() if k.startswith(key)}
+    if mode == "cmaf":
+        clf = image_model.head.classifier.state_dict()
+        state |= {f"head.classifier.{k}": v for k, v in clf.items()}
+    return state
+
+
+def fusion_config(cfg: TrainConfig, pfa: bool) -> TrainConfig:
+    """The stage-2 schedule derived from the run's configuration."""
+    return replace(
+        cfg,
+        epochs=cfg.fusion_epochs,
+        min_epochs=min(cfg.min_epochs, cfg.fusion_epochs // 2),
+        warmup_epochs=1,
+        lr=cfg.fusion_lr,
+        freeze_encoders=cfg.fusion_freeze_encoders,
+        pfa_weight=cfg.pfa_weight if pfa else 0.0,
+    )
+
+
 def run_ablations(
     ds: Dataset,
     splits: dict[str, np.ndarray],
@@ -277,24 +344,40 @@ def run_ablations(
     runs_dir: Path,
     variants: list[tuple[str, str, bool]] | None = None,
     log: Any = sys.stderr,
+    images: torch.Tensor | None = None,
+    vision_init: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Train every variant with the same seed/budget; evaluate on the test split.
+    """Train every variant with the same seed and budget; evaluate on the test split.
 
-    Returns {"model": full model, "metrics": its test metrics, "table": rows, "markdown"}.
-    The full model is also evaluated with every note emptied.
+    The single-modality variants are trained first; fusion variants start from them (see the
+    module docstring). Returns {"model": the last fusion model (the full PFA+CMAF one in the
+    default list), "metrics": its test metrics, "table": rows, "markdown"}. Every fusion model
+    is also evaluated with every note emptied.
     """
     tok = load_tokenizer(tokenizer_path)
-    images = load_images(ds, spec)
+    if images is None:
+        images = load_images(ds, spec)
     te = splits["test"]
     rows: list[dict[str, Any]] = []
-    full: KensaModel | None = None
-    full_metrics: dict[str, Any] = {}
+    trained: dict[str, KensaModel] = {}
+    model: KensaModel | None = None
+    m: dict[str, Any] = {}
     for name, mode, pfa in variants or VARIANTS:
         vspec = replace(spec, mode=mode)
-        vcfg = replace(cfg, pfa_weight=cfg.pfa_weight if pfa else 0.0)
+        if mode in ("image", "text"):
+            vcfg = replace(cfg, pfa_weight=0.0)
+            init = {f"vision.{k}": v for k, v in (vision_init or {}).items()} or None
+        else:
+            missing = [mo for mo in ("image", "text") if mo not in trained]
+            if missing:
+                raise ValueError(f"fusion variant {name!r} needs the {missing} variant(s) first")
+            vcfg = fusion_config(cfg, pfa)
+            init = fusion_init(trained["image"], trained["text"], mode)
         if log is not None:
             print(f"== {name}", file=log, flush=True)
-        model, info = train_model(vspec, images, ds, splits, tok, vcfg, log=log)
+        model, info = train_model(vspec, images, ds, splits, tok, vcfg, log=log, init=init)
+        if mode in ("image", "text"):
+            trained[mode] = model
         m = evaluate_model(model, images, ds, te, tok)
         rows.append(
             {
@@ -307,18 +390,16 @@ def run_ablations(
         d = runs_dir / name.replace(" ", "_").replace("+", "_")
         model.save(d)
         (d / "history.json").write_text(json.dumps(info, indent=2))
-        if mode == "cmaf" and pfa:
-            full, full_metrics = model, m
+        if mode in ("concat", "cmaf"):
             me = evaluate_model(model, images, ds, te, tok, empty_notes=True)
-            rows.append({"variant": "full PFA+CMAF, notes emptied", **me})
-    md = markdown_table(rows, ds.names)
-    if full is None:  # variants without the full model: return the last one
-        full, full_metrics = model, m
+            rows.append({"variant": f"{name}, notes emptied", **me})
+    if model is None:
+        raise ValueError("no variant to train")
     return {
-        "model": full,
-        "metrics": {"split": f"test ({len(te)} samples, seeded stratified 20%)", **full_metrics},
+        "model": model,
+        "metrics": {"split": f"test ({len(te)} samples, seeded stratified 20%)", **m},
         "table": rows,
-        "markdown": md,
+        "markdown": markdown_table(rows, ds.names),
     }
 
 
@@ -335,6 +416,7 @@ def train_cli(
     ablations: bool,
     image_size: int | None,
     auto_norm: bool = False,
+    per_image_norm: bool = False,
 ) -> dict[str, Any]:
     """``python -m kensa_pipeline train``: writes run folder(s), metrics JSON + Markdown."""
     out.mkdir(parents=True, exist_ok=True)
@@ -353,7 +435,10 @@ def train_cli(
         vision_init = enc.state_dict()
         mean, std = hints["mean"], hints["std"]
     else:
-        vcfg = vision_preset(vision, **({"image_size": image_size} if image_size else {}))
+        overrides: dict[str, Any] = {"per_image_norm": per_image_norm}
+        if image_size:
+            overrides["image_size"] = image_size
+        vcfg = vision_preset(vision, **overrides)
         mean = [0.5] * vcfg.channels
         std = [0.25] * vcfg.channels
     tcfg = text_preset(text)
@@ -370,12 +455,6 @@ def train_cli(
     )
     (out / "labels.json").write_text(json.dumps([asdict(lab) for lab in ds.labels], indent=2))
     (out / "dataset.json").write_text(json.dumps({"data": str(data), "normal": normal}))
-    if ablations:
-        res = run_ablations(ds, splits, spec, out / "tokenizer.json", cfg, out / "runs")
-        (out / "metrics.json").write_text(json.dumps(res["table"], indent=2))
-        (out / "metrics.md").write_text(res["markdown"] + "\n")
-        res["model"].save(out)
-        return {"table": res["table"], "markdown": res["markdown"]}
     if auto_norm and not hf_vision:
         # Per-channel mean/std of the training images (written to the manifest), so that
         # dark or low-contrast datasets reach the network at unit scale.
@@ -388,23 +467,31 @@ def train_cli(
         images = (raw - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     else:
         images = load_images(ds, spec)
-    model, info = train_model(
-        spec, images, ds, splits, tok, cfg, log=sys.stderr, vision_init=vision_init
+    if ablations:
+        variants = VARIANTS
+    else:
+        single = {"image": "image-only", "text": "text-only"}
+        fused = {"concat": "concat fusion", "cmaf": "PFA+CMAF" if cfg.pfa_weight > 0 else "CMAF"}
+        if mode in single:
+            variants = [(single[mode], mode, False)]
+        else:
+            variants = [VARIANTS[0], VARIANTS[1], (fused[mode], mode, cfg.pfa_weight > 0)]
+    res = run_ablations(
+        ds,
+        splits,
+        spec,
+        out / "tokenizer.json",
+        cfg,
+        out / "runs",
+        variants=variants,
+        images=images,
+        vision_init=vision_init,
     )
-    model.save(out)
-    m = evaluate_model(model, images, ds, splits["test"], tok)
-    rows = [{"variant": mode, **m}]
-    if mode != "image":
-        rows.append(
-            {
-                "variant": f"{mode}, notes emptied",
-                **evaluate_model(model, images, ds, splits["test"], tok, True),
-            }
-        )
-    (out / "history.json").write_text(json.dumps(info, indent=2))
-    (out / "metrics.json").write_text(json.dumps(rows, indent=2))
-    (out / "metrics.md").write_text(markdown_table(rows, ds.names) + "\n")
-    return {"table": rows}
+    res["model"].save(out)
+    summary = {"model": variants[-1][0], "rows": res["table"]}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "metrics.md").write_text(res["markdown"] + "\n")
+    return {"table": res["table"], "markdown": res["markdown"]}
 
 
 def export_run(run: Path, out: Path) -> dict[str, Any]:
@@ -414,9 +501,10 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
 
     model = KensaModel.load(run)
     labels = json.loads((run / "labels.json").read_text())
-    metrics = (
-        json.loads((run / "metrics.json").read_text())[0] if (run / "metrics.json").exists() else {}
-    )
+    metrics: dict[str, Any] = {}
+    if (run / "metrics.json").exists():
+        summary = json.loads((run / "metrics.json").read_text())
+        metrics = next(r for r in summary["rows"] if r["variant"] == summary["model"])
     metrics = {
         k: v for k, v in metrics.items() if k not in ("variant", "best_epoch", "train_seconds", "n")
     }

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kensa_pipeline.export import OnnxModel, export_model_folder, parity
 from kensa_pipeline.manifest import validate_folder, validate_manifest
-from kensa_pipeline.models.kensa import KensaModel
+from kensa_pipeline.models.kensa import KensaModel, ModelSpec
+from kensa_pipeline.models.text import text_preset
+from kensa_pipeline.models.vision import vision_preset
 from kensa_pipeline.preprocess import preprocess_file
 from kensa_pipeline.tokenizer import encode_one, load_tokenizer
 
@@ -181,3 +184,41 @@ def test_export_random_presets(tmp_path: Path) -> None:
     out = export_random("tiny", "tiny", tmp_path / "bench", seed=1, command="test")
     m = validate_folder(out)
     assert m["provenance"]["dataset"].startswith("none")
+
+
+def test_per_image_norm_exports_and_ignores_gain(tokenizer_path: Path, tmp_path: Path) -> None:
+    # The per-image standardization lives inside vision.onnx: the exported graph must match
+    # PyTorch, and a brighter, higher-gain copy of an image must give the same outputs.
+    vocab = load_tokenizer(tokenizer_path).get_vocab_size()
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        vision=vision_preset("tiny", per_image_norm=True),
+        text=text_preset("tiny", vocab_size=vocab),
+        labels=[str(lab["name"]) for lab in LABELS],
+    )
+    model = KensaModel(spec).eval()
+    out = tmp_path / "model"
+    export_model_folder(
+        model,
+        tokenizer_path,
+        out,
+        name="norm",
+        description="per-image norm",
+        labels=LABELS,
+        metrics={},
+        provenance={
+            "dataset": "t",
+            "seed": 0,
+            "git_commit": "x",
+            "command": "c",
+            "pipeline_version": "0",
+        },
+    )
+    assert max(parity(model, out).values()) <= 1e-4
+    om = OnnxModel(out)
+    x = np.random.default_rng(0).normal(size=(2, 1, 112, 112)).astype(np.float32)
+    ids, mask = om.encode(["dia 61.0um", ""])
+    logits, attention = om.run(x, ids, mask)
+    logits2, attention2 = om.run(1.7 * x + 0.4, ids, mask)
+    assert np.abs(logits - logits2).max() < 1e-3
+    assert np.abs(attention - attention2).max() < 1e-4

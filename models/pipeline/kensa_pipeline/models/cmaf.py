@@ -101,7 +101,11 @@ class CmafHead(nn.Module):
             nn.Linear(dim, num_classes),
         )
         # CMAF fusion residual: [t2i, i2t, note] -> one vector added (gated) to the image vector.
+        # It starts at zero, so a fusion model started from an image-only model computes
+        # exactly that model until the note contribution is learned.
         self.fuse = nn.Linear(3 * dim, dim)
+        nn.init.zeros_(self.fuse.weight)
+        nn.init.zeros_(self.fuse.bias)
 
     def forward_features(
         self, patch_tokens: Tensor, pooled: Tensor, token_states: Tensor, attention_mask: Tensor

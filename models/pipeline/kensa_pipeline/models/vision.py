@@ -54,6 +54,11 @@ class VisionConfig:
     # which trains far better from scratch on a few hundred images (Xiao et al. 2021,
     # "Early convolutions help transformers see better"). The tiny preset uses it.
     stem: str = "patch"
+    # Standardize each image (zero mean, unit variance over all its pixels) inside the graph,
+    # before the stem: makes the encoder blind to a station's gain and illumination level,
+    # which on real AOI photos (magnetic tile) varies as much between images as defects do
+    # within one. Part of vision.onnx, so the service's preprocessing does not change.
+    per_image_norm: bool = False
 
     @property
     def grid(self) -> int:
@@ -258,6 +263,10 @@ class VisionEncoder(nn.Module):
         return self.cfg.width
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        if self.cfg.per_image_norm:
+            mean = pixel_values.mean(dim=(1, 2, 3), keepdim=True)
+            std = pixel_values.std(dim=(1, 2, 3), keepdim=True)
+            pixel_values = (pixel_values - mean) / (std + 1e-4)
         x = self.patch_embed(pixel_values)  # [B, D, Hp, Wp]
         x = x.flatten(2).transpose(1, 2)  # [B, N, D], row-major over the patch grid
         if self.cls is not None:
