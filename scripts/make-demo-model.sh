@@ -9,4 +9,4 @@ PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH="models/pipeline${PYTHONPATH:+:$PYTHONPATH}"
 rm -rf .cache/data/synthetic-demo
 "$PY" -m kensa_pipeline --threads "${KENSA_THREADS:-1}" make-demo --out models/demo --data .cache/data/synthetic-demo \
-  --seed 0 --scale 2 "$@"
+  --seed 0 --scale 3 "$@"

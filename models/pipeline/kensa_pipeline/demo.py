@@ -11,7 +11,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +50,16 @@ def build_demo(
     out: Path,
     data_dir: Path,
     seed: int = 0,
-    scale: float = 2.0,
+    scale: float = 3.0,
     untrained: bool = False,
     train_kwargs: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
+    t0 = time.time()
     torch.manual_seed(seed)
+    gen = GenConfig(seed=seed, scale=scale)
     if not (data_dir / "data.jsonl").exists():
-        generate(data_dir, GenConfig(seed=seed, scale=scale))
+        generate(data_dir, gen)
     ds = load_dataset(data_dir)
     splits = split_indices(ds, seed)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.resolve().parent))
@@ -77,7 +78,6 @@ def build_demo(
     )
     result: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
-    t0 = time.time()
     if untrained:
         model = KensaModel(spec).eval()
     else:
@@ -112,10 +112,9 @@ def build_demo(
         from kensa_pipeline.evaluate import model_card
 
         (tmp / "MODEL_CARD.md").write_text(
-            model_card(result, metrics, seed, scale, time.time() - t0)
+            model_card(result, metrics, gen, time.time() - t0, torch.get_num_threads())
         )
     (tmp / "fixtures" / "parity.json").write_text(json.dumps(result["parity"], indent=2) + "\n")
     replace_folder(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
-    _ = replace
     return result

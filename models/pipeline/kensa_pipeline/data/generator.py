@@ -9,11 +9,12 @@ if any. Classes and ASE proportions
 ========== ============================================== =====================================
 class      image signature (subtle, strength varies)      note signal
 ========== ============================================== =====================================
-normal     none (but dust specks appear as nuisance)      nominal measurements
+normal     none (dust specks; 15% carry a dust film that  nominal measurements
+           looks exactly like residue)
 void       small dark pocket inside the flagged hole      depth reads deep (laser), remarks
 oversize   flagged hole drilled a bit larger              diameter reads large
 offset     flagged hole shifted inside its pad            offset reads large
-residue    faint smudge on the substrate near the via     measurements nominal; remarks only
+residue    smudge on the substrate near the via           measurements nominal; GRAY call
 ========== ============================================== =====================================
 
 Nuisance variation everywhere: grain noise, defocus blur, illumination gradient and gain,
@@ -23,8 +24,9 @@ defect class is nearly invisible and classes overlap for the image alone.
 
 The note is what the AOI machine and the operator attach: lot, strip, unit position,
 measurements of the flagged via (diameter, depth, offset in µm), the machine's rule-based
-call codes (thresholds on those measurements + a gray-level detector that also fires on
-dust) and a short operator remark. The
+call codes (thresholds on those measurements + a gray-level detector on the substrate around
+the via, which fires on 90% of residue and, on dust, on 2% of other units) and a short
+operator remark. The
 measurements overlap between classes (measurement noise); the remark is informative only
 part of the time and sometimes misleading; some notes are empty; some are wrong (they
 belong to another unit).
@@ -75,10 +77,11 @@ class GenConfig:
 
     seed: int = 0
     scale: float = 1.0  # 1.0 = 455 samples in ASE proportions
-    p_empty: float = 0.08  # note left empty
-    p_wrong: float = 0.05  # note of another unit (other class)
-    p_remark_true: float = 0.45  # remark names the right class
-    p_remark_misleading: float = 0.12  # remark names another class
+    p_empty: float = 0.06  # note left empty
+    p_wrong: float = 0.03  # note of another unit (other class)
+    p_remark_true: float = 0.5  # remark names the right class
+    p_remark_misleading: float = 0.1  # remark names another class
+    p_dust_film: float = 0.15  # non-residue unit with a dust film that looks like residue
 
 
 def class_counts(scale: float) -> dict[str, int]:
@@ -165,19 +168,33 @@ def _via(
         amp = 0.12 + 0.20 * strength
         img -= amp * np.exp(-((xx - vx) ** 2 + (yy - vy) ** 2) / (2 * vr**2))
         geom["void"] = strength
-    if flagged and label == "residue":
-        # a smudge of 2-4 overlapping blobs on the substrate next to the via
-        a = rng.uniform(0, 2 * math.pi)
-        dist = r_pad + rng.uniform(2, 6) * Z
-        sx, sy = cx + dist * math.cos(a), cy + dist * math.sin(a)
-        amp = 0.07 + 0.12 * strength
-        for _ in range(int(rng.integers(2, 5))):
-            bx, by = sx + rng.normal(0, 2.5 * Z), sy + rng.normal(0, 2.5 * Z)
-            br = rng.uniform(2.5, 5.0) * Z
-            img -= amp * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * br**2))
 
 
-def render(label: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+def _smudge(
+    img: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    r_pad: float,
+    strength: float,
+) -> None:
+    """Draw a smudge of 2-4 overlapping dark blobs on the substrate next to the via at
+    (cx, cy): residue, or a loose dust film that looks the same under top light."""
+    a = rng.uniform(0, 2 * math.pi)
+    dist = r_pad + rng.uniform(2, 6) * Z
+    sx, sy = cx + dist * math.cos(a), cy + dist * math.sin(a)
+    amp = 0.09 + 0.12 * strength
+    for _ in range(int(rng.integers(2, 5))):
+        bx, by = sx + rng.normal(0, 2.5 * Z), sy + rng.normal(0, 2.5 * Z)
+        br = rng.uniform(2.5, 5.0) * Z
+        img -= amp * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * br**2))
+
+
+def render(
+    label: str, rng: np.random.Generator, p_dust_film: float
+) -> tuple[np.ndarray, dict[str, float]]:
     """Render one image (uint8 HxW) and the true geometry of its flagged via."""
     s = IMAGE_SIZE
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
@@ -195,6 +212,12 @@ def render(label: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, 
     for gy in range(-1, 2):
         for gx in range(-1, 2):
             _via(img, xx, yy, label, rng, geom, gx, gy, ox, oy, theta, r_hole, r_pad, strength)
+    # Residue, or on any other unit a loose dust film that looks just like it in this
+    # top-light image: only the machine's gray-level detector tells them apart.
+    if label == "residue":
+        _smudge(img, xx, yy, rng, ox, oy, r_pad, strength)
+    elif rng.random() < p_dust_film:
+        _smudge(img, xx, yy, rng, ox, oy, r_pad, float(rng.uniform(0.2, 1.0)))
     # Nuisance dust specks (any class): small dark or bright dots.
     for _ in range(int(rng.poisson(0.8))):
         bx, by = rng.uniform(0, s, size=2)
@@ -220,7 +243,7 @@ def _measurements(label: str, geom: dict[str, float], rng: np.random.Generator) 
 
 def _machine_calls(label: str, m: dict[str, float], rng: np.random.Generator) -> list[str]:
     """The AOI machine's rule-based call codes: thresholds on its own (noisy) measurements
-    plus a gray-level anomaly detector that also fires on dust (false calls)."""
+    plus a gray-level detector on the substrate, which also fires on dust (false calls)."""
     calls = []
     if m["dia"] > 63.5:
         calls.append("DIA_HI")
@@ -228,7 +251,7 @@ def _machine_calls(label: str, m: dict[str, float], rng: np.random.Generator) ->
         calls.append("DEPTH_HI")
     if m["offset"] > 4.5:
         calls.append("OFS_HI")
-    p_gray = {"residue": 0.65, "void": 0.3}.get(label, 0.2)
+    p_gray = 0.9 if label == "residue" else 0.02
     if rng.random() < p_gray:
         calls.append("GRAY")
     return calls or ["NONE"]
@@ -281,7 +304,7 @@ def generate(out_dir: str | Path, cfg: GenConfig = GenConfig()) -> Path:
     for i, j in enumerate(order):
         label = labels[int(j)]
         srng = np.random.default_rng([cfg.seed, i])
-        img, geom = render(label, srng)
+        img, geom = render(label, srng, cfg.p_dust_film)
         note = format_note(label, geom, srng, cfg)
         name = f"images/{i:05d}.png"
         Image.fromarray(img, mode="L").save(out / name, optimize=False)
