@@ -25,13 +25,10 @@ LABELS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def exported(
-    random_model: KensaModel, tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    out = tmp_path_factory.mktemp("export") / "model"
+def export_test_folder(model: KensaModel, tokenizer_path: Path, out: Path) -> None:
+    """Export ``model`` with placeholder description, metrics and provenance."""
     export_model_folder(
-        random_model,
+        model,
         tokenizer_path,
         out,
         name="test",
@@ -46,6 +43,14 @@ def exported(
             "pipeline_version": "0",
         },
     )
+
+
+@pytest.fixture(scope="module")
+def exported(
+    random_model: KensaModel, tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("export") / "model"
+    export_test_folder(random_model, tokenizer_path, out)
     return out
 
 
@@ -198,22 +203,7 @@ def test_per_image_norm_exports_and_ignores_gain(tokenizer_path: Path, tmp_path:
     )
     model = KensaModel(spec).eval()
     out = tmp_path / "model"
-    export_model_folder(
-        model,
-        tokenizer_path,
-        out,
-        name="norm",
-        description="per-image norm",
-        labels=LABELS,
-        metrics={},
-        provenance={
-            "dataset": "t",
-            "seed": 0,
-            "git_commit": "x",
-            "command": "c",
-            "pipeline_version": "0",
-        },
-    )
+    export_test_folder(model, tokenizer_path, out)
     assert max(parity(model, out).values()) <= 1e-4
     om = OnnxModel(out)
     x = np.random.default_rng(0).normal(size=(2, 1, 112, 112)).astype(np.float32)
