@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
+use kensa::store::record::sha256_hex;
 use kensa::store::{self, NewVerdict, StoreLocation};
 use kensa::verdict::{AttentionMap, Timings, Verdict};
 
@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let location =
         StoreLocation::parse(&args.store, std::path::Path::new(".")).map_err(anyhow::Error::msg)?;
-    let store = store::open(&location).await?;
+    let store = store::open(&location).await?.verdicts;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
     let writers = (0..args.writers).map(|w| {
@@ -97,12 +97,11 @@ fn record(station: &str, inspection: &str) -> NewVerdict {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
-        heatmap_png: None,
     };
-    NewVerdict::new(
-        &verdict,
-        "lot L2450-11 via 3-1; dia 59.1um",
-        &Bytes::from(inspection.as_bytes().to_vec()),
-        false,
-    )
+    NewVerdict {
+        verdict,
+        note: "lot L2450-11 via 3-1; dia 59.1um".into(),
+        image_sha256: sha256_hex(inspection.as_bytes()),
+        image: None,
+    }
 }

@@ -13,8 +13,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tokio::sync::Mutex;
 
+use crate::batching::{BatchInput, BatchRunner as _};
 use crate::config::ModelArgs;
-use crate::model::pipeline::BatchInput;
 use crate::model::registry;
 use crate::model::runtime::Runtime;
 use crate::preprocess::image::{ImageLimits, prepare_image};

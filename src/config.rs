@@ -198,7 +198,8 @@ pub struct ServeArgs {
 pub struct StoreArgs {
     /// Verdict store: `sqlite` (<data-dir>/verdicts.sqlite), `sqlite:PATH`, a `postgres://` URL
     /// (shared by several replicas; `?options=-csearch_path%3DSCHEMA` picks a schema), or `none`
-    /// (no durability, idempotency or MES API).
+    /// (no database: the newest --retention-max-rows verdicts, default 10000, in memory only;
+    /// not durable, gone at exit).
     #[arg(
         long,
         env = "KENSA_STORE",
@@ -209,7 +210,8 @@ pub struct StoreArgs {
     /// Delete verdicts stored more than this many days ago.
     #[arg(long, env = "KENSA_RETENTION_DAYS", value_name = "DAYS")]
     pub retention_days: Option<u64>,
-    /// Keep at most this many verdicts (the newest).
+    /// Keep at most this many verdicts (the newest); with --store none, the size of the
+    /// in-memory ring (default 10000).
     #[arg(long, env = "KENSA_RETENTION_MAX_ROWS", value_name = "ROWS")]
     pub retention_max_rows: Option<u64>,
     /// How often retention runs (also at start).
@@ -239,15 +241,24 @@ pub struct StoreArgs {
     pub mqtt_client_id: Option<String>,
 }
 
+/// Verdicts the in-memory store keeps when `--retention-max-rows` names no number.
+pub const MEMORY_STORE_ROWS: u64 = 10_000;
+
 impl StoreArgs {
-    /// Where the store lives; None for `--store none`.
-    pub fn location(&self, data_dir: &Path) -> anyhow::Result<Option<StoreLocation>> {
+    /// Where the store lives: `none` is the in-memory ring, bounded by the retention flags.
+    pub fn location(&self, data_dir: &Path) -> anyhow::Result<StoreLocation> {
         if self.store == "none" {
-            return Ok(None);
+            let rows = self.retention_max_rows.unwrap_or(MEMORY_STORE_ROWS);
+            return Ok(StoreLocation::Memory {
+                rows: usize::try_from(rows).unwrap_or(usize::MAX),
+                image_bytes: if self.retain_images {
+                    self.retain_images_max_bytes
+                } else {
+                    0
+                },
+            });
         }
-        StoreLocation::parse(&self.store, data_dir)
-            .map(Some)
-            .map_err(anyhow::Error::msg)
+        StoreLocation::parse(&self.store, data_dir).map_err(anyhow::Error::msg)
     }
 
     /// What retention deletes.
@@ -478,7 +489,7 @@ mod tests {
         let store = &serve.store;
         assert_eq!(
             store.location(&serve.data_dir).unwrap(),
-            Some(StoreLocation::Sqlite("/srv/verdicts.sqlite".into()))
+            StoreLocation::Sqlite("/srv/verdicts.sqlite".into())
         );
         assert_eq!(
             store.retention().max_age,
@@ -492,7 +503,13 @@ mod tests {
         let Command::Serve(serve) = none.command else {
             panic!("expected serve");
         };
-        assert_eq!(serve.store.location(&serve.data_dir).unwrap(), None);
+        assert_eq!(
+            serve.store.location(&serve.data_dir).unwrap(),
+            StoreLocation::Memory {
+                rows: 10_000,
+                image_bytes: 0
+            }
+        );
         assert!(serve.store.mqtt().unwrap().is_none());
     }
 

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use tonic::metadata::MetadataValue;
 
 /// Why a request could not be answered with a verdict.
@@ -93,6 +95,22 @@ pub enum Error {
     /// the client retries (with the same inspection id).
     #[error("{0}")]
     StoreUnavailable(String),
+    /// No route has this path.
+    #[error("no route {method} {path}; the routes are listed in the README (API)")]
+    RouteNotFound {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
+    /// The path exists but not for this method.
+    #[error("{path} does not take {method}")]
+    MethodNotAllowed {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
     /// ONNX Runtime failed on a batch.
     #[error("inference failed: {0}")]
     Inference(String),
@@ -118,6 +136,8 @@ impl Error {
             Error::VerdictNotFound { .. } => "verdict_not_found",
             Error::ImageNotRetained { .. } => "image_not_retained",
             Error::StoreUnavailable(_) => "store_unavailable",
+            Error::RouteNotFound { .. } => "route_not_found",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Inference(_) => "inference_failed",
             Error::Internal(_) => "internal",
         }
@@ -155,13 +175,49 @@ impl From<&Error> for StatusCode {
             }
             Error::ModelNotFound(_)
             | Error::VerdictNotFound { .. }
-            | Error::ImageNotRetained { .. } => StatusCode::NOT_FOUND,
+            | Error::ImageNotRetained { .. }
+            | Error::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable(_) | Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Inference(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+/// The body of every HTTP error response: `{"error": "...", "code": "..."}` (the Open Inference
+/// Protocol's error format is the `error` field alone, so V2 clients read it too).
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+    code: &'static str,
+}
+
+/// The one HTTP form of an error: status, JSON body, `Retry-After` when retrying helps. Server
+/// faults are logged here, once.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from(&self);
+        if status.is_server_error() {
+            tracing::error!(error = %self, code = self.code(), "request failed");
+        }
+        let mut response = (
+            status,
+            axum::Json(ErrorBody {
+                error: self.to_string(),
+                code: self.code(),
+            }),
+        )
+            .into_response();
+        if let Some(after) = self.retry_after() {
+            let seconds = after.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 
@@ -189,6 +245,9 @@ impl From<&Error> for tonic::Status {
             Error::DeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
             Error::Unavailable(_) | Error::StoreUnavailable(_) => tonic::Code::Unavailable,
             Error::Conflict(_) => tonic::Code::AlreadyExists,
+            Error::RouteNotFound { .. } | Error::MethodNotAllowed { .. } => {
+                tonic::Code::Unimplemented
+            }
             Error::Inference(_) | Error::Internal(_) => tonic::Code::Internal,
         };
         let mut status = tonic::Status::new(code, error.to_string());

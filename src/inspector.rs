@@ -2,30 +2,28 @@
 //!
 //! Adapters (HTTP, gRPC, the Open Inference Protocol) turn their wire format into an
 //! [`InspectionRequest`] and call [`Inspector::inspect`]; limits, checks, deadlines and metrics
-//! live here once, and every new verdict is published to [`crate::feed`].
+//! live here once.
 //!
-//! With a verdict store, every verdict is committed to it before it is returned (durable before
-//! acknowledged), and a retry with the same (station_id, inspection_id) is answered from the
-//! store without a second inference, or refused with a conflict when its image differs. Two
-//! concurrent requests with one key may both run inference, but the store keeps only the first
-//! commit and both callers get that stored verdict.
+//! Every verdict is committed to the store before it is returned (durable before acknowledged;
+//! with `--store none` the store is the in-memory ring), and a retry with the same
+//! (station_id, inspection_id) is answered from the store without a second inference, or
+//! refused with a conflict when its image differs. Two concurrent requests with one key may
+//! both run inference, but the store keeps only the first commit and both callers get that
+//! stored verdict. Readers never come here: they use [`crate::verdicts`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::{Semaphore, broadcast, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
-
 use tokio_util::task::TaskTracker;
 
 use crate::batching::{Entry, Priority};
 use crate::error::Error;
-use crate::feed::{VerdictEvent, VerdictFeed};
 use crate::heatmap;
 use crate::metrics::{ErrorLabels, Metrics, VerdictLabels};
 use crate::model::registry::{LoadedModel, ModelRepository};
@@ -119,10 +117,13 @@ const INLINE_HASH_BYTES: usize = 64 << 10;
 pub struct Inspected {
     /// The verdict.
     pub verdict: Verdict,
-    /// Its cursor in the verdict store; None without a store.
-    pub cursor: Option<u64>,
+    /// Its cursor in the verdict store.
+    pub cursor: u64,
     /// True when this is the stored verdict of an earlier request with the same key.
     pub replayed: bool,
+    /// The attention heat map as a PNG, when the request asked for it: a rendering beside the
+    /// verdict, never part of the stored record.
+    pub heatmap_png: Option<Vec<u8>>,
 }
 
 /// What an asynchronous submission was answered with.
@@ -136,52 +137,38 @@ pub struct Submitted {
     pub stored: Option<Inspected>,
 }
 
-/// The verdict store as the inspector writes it.
-struct Recording {
-    store: SharedStore,
-    images: ImageRetention,
-}
-
 /// The application service behind every front door.
 pub struct Inspector {
     readiness: Arc<Readiness>,
     limits: Limits,
     preprocess_slots: Semaphore,
     metrics: Arc<Metrics>,
-    feed: VerdictFeed,
-    recording: Option<Recording>,
+    store: SharedStore,
+    images: ImageRetention,
     background: TaskTracker,
 }
 
 impl Inspector {
     /// `preprocess_threads` bounds decode/resize jobs at once, so a burst cannot queue hundreds
-    /// of blocking threads against a few cores.
+    /// of blocking threads against a few cores; every verdict is committed to `store`, with its
+    /// image when `images` says so.
     pub fn new(
         readiness: Arc<Readiness>,
         limits: Limits,
         preprocess_threads: usize,
         metrics: Arc<Metrics>,
+        store: SharedStore,
+        images: ImageRetention,
     ) -> Self {
         Inspector {
             readiness,
             limits,
             preprocess_slots: Semaphore::new(preprocess_threads.max(1)),
             metrics,
-            feed: VerdictFeed::default(),
-            recording: None,
+            store,
+            images,
             background: TaskTracker::new(),
         }
-    }
-
-    /// Commits every verdict to `store` before answering, and keeps the images `images` says.
-    pub fn with_store(mut self, store: SharedStore, images: ImageRetention) -> Self {
-        self.recording = Some(Recording { store, images });
-        self
-    }
-
-    /// The verdict store, when there is one.
-    pub fn store(&self) -> Option<&SharedStore> {
-        self.recording.as_ref().map(|r| &r.store)
     }
 
     /// Readiness shared with the health endpoints.
@@ -189,38 +176,24 @@ impl Inspector {
         &self.readiness
     }
 
-    /// The request limits in force.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// Every verdict produced from now on, from every front door (see [`crate::feed`]).
-    pub fn subscribe(&self) -> broadcast::Receiver<VerdictEvent> {
-        self.feed.subscribe()
-    }
-
-    /// Inspects one unit and returns its verdict; a new verdict is also published to listeners.
-    pub async fn inspect(&self, request: InspectionRequest) -> Result<Verdict, Error> {
-        self.inspect_recorded(request).await.map(|i| i.verdict)
-    }
-
-    /// Like [`Inspector::inspect`], also saying where the verdict sits in the store and whether
-    /// it is a stored answer to an earlier request.
-    pub async fn inspect_recorded(&self, request: InspectionRequest) -> Result<Inspected, Error> {
-        let result = self.recorded(request).await;
+    /// Inspects one unit: its verdict (stored, or the stored answer to an earlier request with
+    /// the same key), where it sits in the store, and the heat map when asked for.
+    pub async fn inspect(&self, mut request: InspectionRequest) -> Result<Inspected, Error> {
+        let result = async {
+            self.validate(&request)?;
+            let image_sha256 = hash(&request.image).await?;
+            match self.lookup(&mut request).await? {
+                Some(stored) => self.replay(stored, &image_sha256, &request).await,
+                None => self.infer_and_store(request, image_sha256).await,
+            }
+        }
+        .await;
         match &result {
             Ok(inspected) if inspected.replayed => {
                 self.metrics.idempotent_replays.inc();
             }
-            Ok(inspected) => self.feed.publish(&inspected.verdict),
-            Err(error) => {
-                self.metrics
-                    .errors
-                    .get_or_create(&ErrorLabels {
-                        code: error.code().to_string(),
-                    })
-                    .inc();
-            }
+            Ok(_) => {}
+            Err(error) => self.count_error(error),
         }
         result
     }
@@ -233,30 +206,20 @@ impl Inspector {
         self: &Arc<Self>,
         mut request: InspectionRequest,
     ) -> Result<Submitted, Error> {
-        let Some(recording) = &self.recording else {
-            return Err(Error::BadRequest(
-                "mode=async needs the verdict store (kensa runs with --store none)".into(),
-            ));
-        };
         self.validate(&request)?;
         self.ready_models()?
             .get(request.model.as_deref(), request.model_version)?;
-        let given = request.inspection_id.is_some();
-        let inspection_id = request.inspection_id.get_or_insert_with(new_id).clone();
+        let image_sha256 = hash(&request.image).await?;
+        let stored = self.lookup(&mut request).await?;
+        let inspection_id = request.inspection_id.clone().unwrap_or_default();
         let submitted = |stored| Submitted {
             station_id: request.station_id.clone(),
             inspection_id: inspection_id.clone(),
             stored,
         };
-        if given {
-            let image_sha256 = hash(&request.image).await?;
-            if let Some(stored) = recording
-                .store
-                .get(&request.station_id, &inspection_id)
-                .await?
-            {
-                return replay(stored, &image_sha256).map(|i| submitted(Some(i)));
-            }
+        if let Some(stored) = stored {
+            let inspected = self.replay(stored, &image_sha256, &request).await?;
+            return Ok(submitted(Some(inspected)));
         }
         let answer = submitted(None);
         let deadline = Instant::now() + request.deadline.unwrap_or(self.limits.max_deadline);
@@ -265,13 +228,17 @@ impl Inspector {
             loop {
                 let mut attempt = request.clone();
                 attempt.deadline = Some(deadline.saturating_duration_since(Instant::now()));
-                match inspector.inspect_recorded(attempt).await {
+                match inspector
+                    .infer_and_store(attempt, image_sha256.clone())
+                    .await
+                {
                     Err(Error::QueueFull { retry_after, .. })
                         if Instant::now() + retry_after < deadline =>
                     {
                         tokio::time::sleep(retry_after).await;
                     }
                     Err(error) => {
+                        inspector.count_error(&error);
                         tracing::warn!(
                             station_id = %request.station_id,
                             inspection_id = ?request.inspection_id,
@@ -293,84 +260,116 @@ impl Inspector {
         self.background.wait().await;
     }
 
-    /// Inspects, committing the verdict to the store first when there is one.
-    async fn recorded(&self, mut request: InspectionRequest) -> Result<Inspected, Error> {
-        let Some(recording) = &self.recording else {
-            let verdict = self.inspect_inner(request).await?;
-            return Ok(Inspected {
-                verdict,
-                cursor: None,
-                replayed: false,
-            });
+    fn count_error(&self, error: &Error) {
+        self.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                code: error.code().to_string(),
+            })
+            .inc();
+    }
+
+    /// The stored verdict under the request's key, when the station gave a key (the one store
+    /// read a keyed request costs); a request without one gets a fresh id here.
+    async fn lookup(
+        &self,
+        request: &mut InspectionRequest,
+    ) -> Result<Option<StoredVerdict>, Error> {
+        let Some(inspection_id) = &request.inspection_id else {
+            request.inspection_id = Some(new_id());
+            return Ok(None);
         };
-        self.validate(&request)?;
-        let given = request.inspection_id.is_some();
-        let inspection_id = request.inspection_id.get_or_insert_with(new_id).clone();
-        let image_sha256 = hash(&request.image).await?;
-        let heatmap_image = request.heatmap.then(|| request.image.clone());
-        if given
-            && let Some(stored) = recording
-                .store
-                .get(&request.station_id, &inspection_id)
-                .await?
-        {
-            return self
-                .with_heatmap(replay(stored, &image_sha256)?, heatmap_image)
-                .await;
-        }
-        let note = request.note.clone();
+        Ok(self.store.get(&request.station_id, inspection_id).await?)
+    }
+
+    /// Infers, then commits the verdict; the answer is whichever verdict the store kept.
+    async fn infer_and_store(
+        &self,
+        request: InspectionRequest,
+        image_sha256: String,
+    ) -> Result<Inspected, Error> {
         let image = request.image.clone();
-        let verdict = self.inspect_inner(request).await?;
-        let mut kept = verdict.clone();
-        kept.heatmap_png = None;
+        let note = request.note.clone();
+        let heatmap = request.heatmap;
+        let (verdict, heatmap_png) = self.infer(request).await?;
         let record = NewVerdict {
-            image: recording.images.keeps(&kept, image.len()).then_some(image),
-            verdict: kept,
+            image: self
+                .images
+                .keeps(&verdict, image.len())
+                .then_some(image.clone()),
+            verdict,
             note,
             image_sha256: image_sha256.clone(),
         };
         let started = Instant::now();
-        let inserted = recording.store.insert(record).await?;
+        let inserted = self.store.insert(record).await?;
         self.metrics
             .store_write_seconds
             .observe(started.elapsed().as_secs_f64());
         match inserted {
             Inserted::New(stored) => Ok(Inspected {
-                verdict,
-                cursor: Some(stored.cursor),
+                verdict: stored.verdict,
+                cursor: stored.cursor,
                 replayed: false,
+                heatmap_png,
             }),
             // Another request with this key committed first: its verdict is the one.
             Inserted::Existing(stored) => {
-                self.with_heatmap(replay(stored, &image_sha256)?, heatmap_image)
-                    .await
+                let request = InspectionRequest {
+                    image,
+                    heatmap,
+                    ..InspectionRequest::default()
+                };
+                self.replay(stored, &image_sha256, &request).await
             }
         }
     }
 
-    /// Heat maps are not stored: a stored answer that asks for one gets it rendered from the
-    /// stored attention over the resent image (the same image: [`replay`] checked its hash).
-    async fn with_heatmap(
+    /// The answer to a request whose key already has a stored verdict: that verdict when the
+    /// image is the same (a retry), a conflict when it is not (a different unit under a reused
+    /// id). Heat maps are not stored: one asked for is rendered from the stored attention over
+    /// the resent image (the same image, as its hash shows).
+    async fn replay(
         &self,
-        mut inspected: Inspected,
-        image: Option<Bytes>,
+        stored: StoredVerdict,
+        image_sha256: &str,
+        request: &InspectionRequest,
     ) -> Result<Inspected, Error> {
-        let Some(image) = image else {
-            return Ok(inspected);
+        if stored.image_sha256 != image_sha256 {
+            return Err(Error::Conflict(format!(
+                "station {:?} already has a verdict for inspection {:?} (cursor {}) with a \
+                 different image (sha256 {} stored, {} sent); a retry must resend the same \
+                 image, a new unit needs a new inspection_id",
+                stored.verdict.station_id,
+                stored.verdict.inspection_id,
+                stored.cursor,
+                short(&stored.image_sha256),
+                short(image_sha256),
+            )));
+        }
+        let heatmap_png = if request.heatmap {
+            let verdict = &stored.verdict;
+            let model = self
+                .ready_models()?
+                .get(Some(&verdict.model), Some(verdict.model_version))?;
+            let image = request.image.clone();
+            let limits = self.limits.image;
+            let spec = model.manifest.image.clone();
+            let pixels = tokio::task::spawn_blocking(move || prepare_image(&image, &spec, &limits))
+                .await
+                .map_err(|e| Error::Internal(format!("preprocessing panicked: {e}")))??
+                .pixels;
+            let attention = verdict.attention.values.clone();
+            Some(self.render_heatmap(&model, pixels, attention).await?)
+        } else {
+            None
         };
-        let verdict = &mut inspected.verdict;
-        let model = self
-            .ready_models()?
-            .get(Some(&verdict.model), Some(verdict.model_version))?;
-        let limits = self.limits.image;
-        let spec = model.manifest.image.clone();
-        let pixels = tokio::task::spawn_blocking(move || prepare_image(&image, &spec, &limits))
-            .await
-            .map_err(|e| Error::Internal(format!("preprocessing panicked: {e}")))??
-            .pixels;
-        let attention = verdict.attention.values.clone();
-        verdict.heatmap_png = Some(self.render_heatmap(&model, pixels, attention).await?);
-        Ok(inspected)
+        Ok(Inspected {
+            verdict: stored.verdict,
+            cursor: stored.cursor,
+            replayed: true,
+            heatmap_png,
+        })
     }
 
     fn ready_models(&self) -> Result<&ModelRepository, Error> {
@@ -382,10 +381,11 @@ impl Inspector {
             ))
     }
 
-    async fn inspect_inner(&self, request: InspectionRequest) -> Result<Verdict, Error> {
+    /// Preprocesses, queues, waits for the batch and builds the verdict (and the heat map when
+    /// asked for). The request is validated and carries its inspection id.
+    async fn infer(&self, request: InspectionRequest) -> Result<(Verdict, Option<Vec<u8>>), Error> {
         let received = Instant::now();
         let received_at = Utc::now();
-        self.validate(&request)?;
         let model = self
             .ready_models()?
             .get(request.model.as_deref(), request.model_version)?;
@@ -446,7 +446,6 @@ impl Inspector {
             ),
             None => None,
         };
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         tracing::debug!(
             station_id = %request.station_id,
             model = %model.name,
@@ -454,10 +453,10 @@ impl Inspector {
             label = %label.name,
             confidence = scores.confidence(),
             batch_size = result.batch_size,
-            total_ms = ms(received.elapsed()),
+            total_ms = Timings::ms(received.elapsed()),
             "verdict"
         );
-        Ok(Verdict {
+        let verdict = Verdict {
             inspection_id: request.inspection_id.unwrap_or_else(new_id),
             station_id: request.station_id,
             model: model.name.clone(),
@@ -469,16 +468,16 @@ impl Inspector {
             probabilities: scores.by_label(manifest),
             attention: scores.attention,
             timings: Timings {
-                queue_ms: ms(result.queue_time),
-                preprocess_ms: ms(preprocess_time),
-                inference_ms: ms(result.inference_time),
-                total_ms: ms(received.elapsed()),
+                queue_ms: Timings::ms(result.queue_time),
+                preprocess_ms: Timings::ms(preprocess_time),
+                inference_ms: Timings::ms(result.inference_time),
+                total_ms: Timings::ms(received.elapsed()),
             },
             batch_size: result.batch_size,
             received_at,
             metadata: request.metadata,
-            heatmap_png,
-        })
+        };
+        Ok((verdict, heatmap_png))
     }
 
     /// Checks everything that does not need the image decoded.
@@ -559,9 +558,9 @@ impl Inspector {
         model: &Arc<LoadedModel>,
         pixels: Vec<f32>,
         attention: Vec<f32>,
-    ) -> Result<String, Error> {
+    ) -> Result<Vec<u8>, Error> {
         let model = Arc::clone(model);
-        let png = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let manifest = &model.manifest;
             heatmap::render_png(
                 &pixels,
@@ -571,8 +570,7 @@ impl Inspector {
             )
         })
         .await
-        .map_err(|e| Error::Internal(format!("heat map rendering panicked: {e}")))??;
-        Ok(base64::engine::general_purpose::STANDARD.encode(png))
+        .map_err(|e| Error::Internal(format!("heat map rendering panicked: {e}")))?
     }
 }
 
@@ -590,28 +588,6 @@ async fn hash(image: &Bytes) -> Result<String, Error> {
     tokio::task::spawn_blocking(move || sha256_hex(&image))
         .await
         .map_err(|e| Error::Internal(format!("hashing the image panicked: {e}")))
-}
-
-/// The answer to a request whose key already has a stored verdict: that verdict when the image
-/// is the same (a retry), a conflict when it is not (a different unit under a reused id).
-fn replay(stored: StoredVerdict, image_sha256: &str) -> Result<Inspected, Error> {
-    if stored.image_sha256 != image_sha256 {
-        return Err(Error::Conflict(format!(
-            "station {:?} already has a verdict for inspection {:?} (cursor {}) with a different \
-             image (sha256 {} stored, {} sent); a retry must resend the same image, a new unit \
-             needs a new inspection_id",
-            stored.verdict.station_id,
-            stored.verdict.inspection_id,
-            stored.cursor,
-            short(&stored.image_sha256),
-            short(image_sha256),
-        )));
-    }
-    Ok(Inspected {
-        verdict: stored.verdict,
-        cursor: Some(stored.cursor),
-        replayed: true,
-    })
 }
 
 fn short(sha256: &str) -> &str {

@@ -3,14 +3,16 @@
 //! Stations send an image and a note; kensa answers with a verdict from a PFA+CMAF model
 //! (vision encoder, text encoder, fusion head) served by ONNX Runtime with dynamic batching.
 //! The request path is: [`api`] adapters → [`inspector::Inspector`] → [`batching`] queue and
-//! worker → [`model::pipeline`] → [`verdict::Verdict`].
+//! worker → [`model::pipeline`] → [`verdict::Verdict`] → [`store`]; readers of stored verdicts
+//! go through [`verdicts::Verdicts`].
+
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod batching;
 pub mod bench;
 pub mod config;
 pub mod error;
-pub mod feed;
 pub mod heatmap;
 pub mod inspector;
 pub mod metrics;
@@ -20,3 +22,4 @@ pub mod publish;
 pub mod server;
 pub mod store;
 pub mod verdict;
+pub mod verdicts;

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use base64::Engine as _;
+use kensa::batching::BatchRunner as _;
 use kensa::config::{self, CheckArgs, Cli, Command, InferArgs, LogFormat, ServeArgs};
 use kensa::inspector::{InspectionRequest, Inspector, Limits, Readiness};
 use kensa::metrics::Metrics;
-use kensa::model::pipeline::BatchInput;
+use kensa::model::pipeline::blank_batch;
 use kensa::model::registry::{self, ModelRepository};
 use kensa::model::runtime::Runtime;
 use kensa::preprocess::image::ImageLimits;
 use kensa::server::Server;
+use kensa::store::memory::MemoryStore;
+use kensa::store::retention::ImageRetention;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -124,7 +126,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
             let mut timings = serde_json::Map::new();
             if let Some(sessions) = pool.first_mut() {
                 for size in [1, manifest.max_batch_size] {
-                    let batch = BatchInput::blank(manifest, size, manifest.text.max_tokens);
+                    let batch = blank_batch(manifest, size, manifest.text.max_tokens);
                     let started = Instant::now();
                     sessions.run(&batch)?;
                     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -170,8 +172,16 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
         default_deadline: std::time::Duration::from_secs(600),
         max_deadline: std::time::Duration::from_secs(600),
     };
-    let inspector = Inspector::new(readiness, limits, 1, metrics);
-    let mut verdict = inspector
+    let store = Arc::new(MemoryStore::new(1, 0));
+    let inspector = Inspector::new(
+        readiness,
+        limits,
+        1,
+        metrics,
+        store,
+        ImageRetention::default(),
+    );
+    let inspected = inspector
         .inspect(InspectionRequest {
             model: args.model_name,
             station_id: args.station_id,
@@ -181,10 +191,9 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
             ..InspectionRequest::default()
         })
         .await?;
-    if let (Some(path), Some(png)) = (&args.heatmap_out, verdict.heatmap_png.take()) {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(png)?;
-        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    if let (Some(path), Some(png)) = (&args.heatmap_out, inspected.heatmap_png) {
+        std::fs::write(path, png).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!("{}", serde_json::to_string_pretty(&verdict)?);
+    println!("{}", serde_json::to_string_pretty(&inspected.verdict)?);
     Ok(())
 }

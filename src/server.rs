@@ -4,7 +4,8 @@
 //!
 //! The verdict store opens (and migrates) before the ports are bound, so a store that cannot be
 //! reached is a startup error, not a stream of 503s; its retention sweep, gauges and the MQTT
-//! publisher run beside the server until it has drained.
+//! publisher run beside the server until it has drained. `--store none` opens the in-memory
+//! store, so every path below is the same with or without a database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::grpc_server;
-use crate::api::http::{AppState, router};
+use crate::api::http::router;
+use crate::api::state::AppState;
 use crate::config::ServeArgs;
 use crate::inspector::{Inspector, Readiness};
 use crate::metrics::Metrics;
@@ -23,6 +25,7 @@ use crate::model::registry::ModelRepository;
 use crate::model::runtime::Runtime;
 use crate::publish::mqtt;
 use crate::store::upkeep::Upkeep;
+use crate::verdicts::Verdicts;
 
 /// A running server; tests start one in-process on an ephemeral port.
 pub struct Server {
@@ -49,64 +52,79 @@ impl Server {
         let threads = args
             .preprocess_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let mut inspector = Inspector::new(
+        let shutdown = CancellationToken::new();
+        let background = CancellationToken::new();
+        let location = args.store.location(&args.data_dir)?;
+        let mqtt_config = args.store.mqtt()?;
+        let store = crate::store::open(&location)
+            .await
+            .context("cannot open the verdict store")?;
+        if location.is_durable() {
+            tracing::info!(store = %location, "verdict store open");
+        } else {
+            tracing::warn!(
+                store = %location,
+                "no database (--store none): verdicts are kept in memory only, lost at exit"
+            );
+        }
+        let mqtt_ledger = match (mqtt_config, &store.consumers) {
+            (Some(config), Some(ledger)) => {
+                tracing::info!(broker = %format!("{}:{}", config.host, config.port), "publishing verdicts over MQTT");
+                let publisher = mqtt::Publisher {
+                    store: Arc::clone(&store.verdicts),
+                    ledger: Arc::clone(ledger),
+                    metrics: Arc::clone(&metrics),
+                };
+                mqtt::spawn(publisher, config, background.clone());
+                Some(Arc::clone(ledger))
+            }
+            (Some(_), None) => anyhow::bail!(
+                "--mqtt publishes from a durable verdict store; it cannot run with --store none"
+            ),
+            (None, _) => None,
+        };
+        let upkeep = Upkeep {
+            store: store.clone(),
+            policy: args.store.retention(),
+            prune_every: args.store.retention_interval,
+            metrics: Arc::clone(&metrics),
+            mqtt: mqtt_ledger,
+        };
+        tokio::spawn(upkeep.run(background.clone()));
+        let inspector = Arc::new(Inspector::new(
             Arc::clone(&readiness),
             args.limits.limits(),
             threads,
             Arc::clone(&metrics),
-        );
-        let shutdown = CancellationToken::new();
-        let background = CancellationToken::new();
-        let mqtt_config = args.store.mqtt()?;
-        match args.store.location(&args.data_dir)? {
-            Some(location) => {
-                let store = crate::store::open(&location)
-                    .await
-                    .context("cannot open the verdict store")?;
-                tracing::info!(store = %location, "verdict store open");
-                inspector = inspector.with_store(
-                    Arc::clone(&store),
-                    args.store.image_retention(args.limits.max_image_bytes),
-                );
-                let publisher = mqtt_config.map(|config| {
-                    tracing::info!(broker = %format!("{}:{}", config.host, config.port), "publishing verdicts over MQTT");
-                    mqtt::spawn(Arc::clone(&store), config, background.clone()).1
-                });
-                let upkeep = Upkeep {
-                    store,
-                    policy: args.store.retention(),
-                    prune_every: args.store.retention_interval,
-                    metrics: Arc::clone(&metrics),
-                    mqtt: publisher,
-                };
-                tokio::spawn(upkeep.run(background.clone()));
-            }
-            None if mqtt_config.is_some() => {
-                anyhow::bail!(
-                    "--mqtt publishes from the verdict store; it cannot run with --store none"
-                )
-            }
-            None => tracing::warn!(
-                "no verdict store (--store none): verdicts are not kept, retries run again"
-            ),
-        }
-        let inspector = Arc::new(inspector);
+            Arc::clone(&store.verdicts),
+            args.store.image_retention(args.limits.max_image_bytes),
+        ));
+        let verdicts = Verdicts::new(Arc::clone(&store.verdicts), shutdown.clone());
         let grpc = grpc_server::services(
             Arc::clone(&inspector),
+            verdicts.clone(),
             args.limits.max_body_bytes,
             shutdown.clone(),
         )
         .await?;
         let state = AppState {
             inspector: Arc::clone(&inspector),
+            verdicts,
             metrics: Arc::clone(&metrics),
             max_body_bytes: args.limits.max_body_bytes,
-            shutdown: shutdown.clone(),
         };
-        let http_listener = bind(SocketAddr::new(args.http_host, args.http_port)).await?;
+        let http_listener = bind(
+            SocketAddr::new(args.http_host, args.http_port),
+            "HTTP (--http-port / KENSA_HTTP_PORT)",
+        )
+        .await?;
         let http_addr = http_listener.local_addr()?;
         tracing::info!(%http_addr, "HTTP API listening");
-        let grpc_listener = bind(SocketAddr::new(args.grpc_host, args.grpc_port)).await?;
+        let grpc_listener = bind(
+            SocketAddr::new(args.grpc_host, args.grpc_port),
+            "gRPC (--grpc-port / KENSA_GRPC_PORT)",
+        )
+        .await?;
         let grpc_addr = grpc_listener.local_addr()?;
         tracing::info!(%grpc_addr, "gRPC API listening");
 
@@ -184,10 +202,12 @@ async fn load_models(
     Ok(())
 }
 
-async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))
+/// Binds one port; `which` names the port and the flag that moves it, for the error a second
+/// kensa on the same machine gets.
+async fn bind(address: SocketAddr, which: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address} for {which}: another process may hold the port")
+    })
 }
 
 /// The bound ports.

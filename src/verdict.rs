@@ -39,9 +39,6 @@ pub struct Verdict {
     /// Whatever the station sent along (line, lot_id, unit_position, recipe, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
-    /// Attention overlaid on the image, a base64 PNG, when the request asked for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heatmap_png: Option<String>,
 }
 
 /// Attention over the image patches, row-major, summing to 1.
@@ -55,17 +52,33 @@ pub struct AttentionMap {
     pub values: Vec<f32>,
 }
 
-/// Milliseconds spent in each stage.
+/// Milliseconds spent in each stage, written to 0.01 ms in JSON (finer digits are float noise,
+/// not information).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Timings {
     /// Waiting for a batch.
+    #[serde(serialize_with = "hundredths")]
     pub queue_ms: f64,
     /// Decode, resize, tokenize.
+    #[serde(serialize_with = "hundredths")]
     pub preprocess_ms: f64,
     /// The batch in the graphs.
+    #[serde(serialize_with = "hundredths")]
     pub inference_ms: f64,
     /// From receipt to verdict.
+    #[serde(serialize_with = "hundredths")]
     pub total_ms: f64,
+}
+
+impl Timings {
+    /// Milliseconds of a duration.
+    pub fn ms(duration: std::time::Duration) -> f64 {
+        duration.as_secs_f64() * 1000.0
+    }
+}
+
+fn hundredths<S: serde::Serializer>(ms: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((ms * 100.0).round() / 100.0)
 }
 
 /// The model-dependent part of a verdict, computed from one row of the head's output.
@@ -140,6 +153,18 @@ mod tests {
         assert!((sum - 1.0).abs() < 1e-6);
         assert!((scores.confidence() - 0.8437947).abs() < 1e-5);
         assert_eq!(scores.attention.values, vec![0.25, 0.75]);
+    }
+
+    #[test]
+    fn timings_are_written_to_a_hundredth_of_a_millisecond() {
+        let timings = Timings {
+            total_ms: 12.300000190734863,
+            queue_ms: 0.004,
+            ..Timings::default()
+        };
+        let json = serde_json::to_string(&timings).unwrap();
+        assert!(json.contains("\"total_ms\":12.3"), "{json}");
+        assert!(json.contains("\"queue_ms\":0.0"), "{json}");
     }
 
     #[test]

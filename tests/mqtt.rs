@@ -4,10 +4,11 @@
 mod store_support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kensa::publish::mqtt::{self, MqttConfig};
+use kensa::metrics::Metrics;
+use kensa::publish::mqtt::{self, MqttConfig, Publisher};
 use kensa::store::StoredVerdict;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::net::TcpListener;
@@ -25,6 +26,15 @@ fn broker() -> SocketAddr {
 /// A topic prefix no other test run uses.
 fn prefix() -> String {
     format!("kensa-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A publisher over the fixture's store, counting into `metrics`.
+fn publisher(fixture: &store_support::Fixture, metrics: &Arc<Metrics>) -> Publisher {
+    Publisher {
+        store: fixture.store.clone(),
+        ledger: fixture.ledger().clone(),
+        metrics: Arc::clone(metrics),
+    }
 }
 
 fn config(port: u16, prefix: &str) -> MqttConfig {
@@ -99,8 +109,9 @@ async fn every_verdict_is_published_in_cursor_order_on_its_topic() {
     let prefix = prefix();
     let mut messages = subscribe(&prefix).await;
     let cancel = CancellationToken::new();
-    let (task, stats) = mqtt::spawn(
-        fixture.store.clone(),
+    let metrics = Arc::new(Metrics::new());
+    let task = mqtt::spawn(
+        publisher(&fixture, &metrics),
         config(broker().port(), &prefix),
         cancel.clone(),
     );
@@ -119,9 +130,13 @@ async fn every_verdict_is_published_in_cursor_order_on_its_topic() {
     assert_eq!(got[0].0, format!("{prefix}/L1/aoi-07/verdict"));
     assert_eq!(got[1].0, format!("{prefix}/L_2/aoi-07/verdict"));
     assert_eq!(got[3].1.verdict.inspection_id, "u3");
-    wait_until(|| stats.cursor.load(Ordering::Relaxed) == 25).await;
+    wait_until(|| metrics.mqtt_published.get() == 25).await;
     assert_eq!(
-        fixture.store.consumer_cursor(mqtt::CONSUMER).await.unwrap(),
+        fixture
+            .ledger()
+            .consumer_cursor(mqtt::CONSUMER)
+            .await
+            .unwrap(),
         25
     );
     cancel.cancel();
@@ -137,8 +152,9 @@ async fn a_broker_outage_neither_slows_writes_nor_loses_verdicts() {
     let mut messages = subscribe(&prefix).await;
     let proxy = Proxy::start().await;
     let cancel = CancellationToken::new();
-    let (task, stats) = mqtt::spawn(
-        fixture.store.clone(),
+    let metrics = Arc::new(Metrics::new());
+    let task = mqtt::spawn(
+        publisher(&fixture, &metrics),
         config(proxy.port, &prefix),
         cancel.clone(),
     );
@@ -150,7 +166,7 @@ async fn a_broker_outage_neither_slows_writes_nor_loses_verdicts() {
     assert_eq!(receive(&mut messages, 1).await[0].1.cursor, 1);
 
     let proxy = proxy.cut().await;
-    wait_until(|| !stats.connected.load(Ordering::Relaxed)).await;
+    wait_until(|| metrics.mqtt_connected.get() == 0).await;
     let mut slowest = Duration::ZERO;
     for i in 0..20 {
         let started = Instant::now();

@@ -1,5 +1,6 @@
-//! One test suite for the verdict store, run against both backends: SQLite in a temporary file
-//! and the real PostgreSQL server (each test in a schema of its own).
+//! One test suite for the verdict store, run against every backend: SQLite in a temporary file,
+//! the real PostgreSQL server (each test in a schema of its own), and the in-memory ring of
+//! `--store none` (the cases that do not need durability).
 
 mod store_support;
 
@@ -37,6 +38,18 @@ suite!(sqlite:
     retention_deletes_by_age_rows_and_image_bytes,
     a_lease_has_one_holder_until_it_expires,
     reopening_keeps_verdicts_and_continues_cursors,
+    long_poll_wakes_on_a_commit_and_times_out_empty,
+    follow_streams_what_is_stored_then_what_comes,
+);
+
+suite!(memory:
+    a_verdict_round_trips_with_its_metadata,
+    a_second_insert_of_a_key_returns_the_first,
+    concurrent_inserts_of_one_key_store_exactly_one,
+    a_resuming_reader_misses_nothing_and_sees_nothing_twice,
+    filters_select_station_line_lot_label_and_defects,
+    images_are_kept_only_when_asked,
+    retention_deletes_by_age_rows_and_image_bytes,
     long_poll_wakes_on_a_commit_and_times_out_empty,
     follow_streams_what_is_stored_then_what_comes,
 );
@@ -94,7 +107,7 @@ async fn a_verdict_round_trips_with_its_metadata(fx: &Fixture) {
     assert_eq!(json["cursor"], stored.cursor);
     assert_eq!(json["label"], "void");
     assert_eq!(json["metadata"]["lot_id"], "LOT42");
-    let stats = fx.store.stats().await.unwrap();
+    let stats = fx.upkeep.stats().await.unwrap();
     assert_eq!(stats.rows, 1);
     assert!(stats.bytes > 100, "{stats:?}");
 }
@@ -112,7 +125,7 @@ async fn a_second_insert_of_a_key_returns_the_first(fx: &Fixture) {
         .await
         .unwrap();
     assert_eq!(second, Inserted::Existing(first.clone()));
-    assert_eq!(fx.store.stats().await.unwrap().rows, 1);
+    assert_eq!(fx.upkeep.stats().await.unwrap().rows, 1);
     let third = fx.store.insert(simple("aoi-08", "u1")).await.unwrap();
     assert!(matches!(third, Inserted::New(ref v) if v.cursor > first.cursor));
 }
@@ -135,7 +148,7 @@ async fn concurrent_inserts_of_one_key_store_exactly_one(fx: &Fixture) {
     for result in results {
         assert_eq!(result.into_stored(), winner);
     }
-    assert_eq!(fx.store.stats().await.unwrap().rows, 1);
+    assert_eq!(fx.upkeep.stats().await.unwrap().rows, 1);
 }
 
 /// Writers commit concurrently while a reader pages through with small pages, resuming each
@@ -276,7 +289,7 @@ async fn images_are_kept_only_when_asked(fx: &Fixture) {
         listed.iter().map(|v| v.image_retained).collect::<Vec<_>>(),
         [true, false]
     );
-    let stats = fx.store.stats().await.unwrap();
+    let stats = fx.upkeep.stats().await.unwrap();
     assert_eq!((stats.images, stats.image_bytes), (1, 9));
 }
 
@@ -295,7 +308,7 @@ async fn retention_deletes_by_age_rows_and_image_bytes(fx: &Fixture) {
         max_image_bytes: Some(10_000),
     };
     assert_eq!(
-        fx.store.prune(&keep_all, now).await.unwrap(),
+        fx.upkeep.prune(&keep_all, now).await.unwrap(),
         Pruned::default()
     );
 
@@ -304,7 +317,7 @@ async fn retention_deletes_by_age_rows_and_image_bytes(fx: &Fixture) {
         max_image_bytes: Some(250),
         ..RetentionPolicy::default()
     };
-    let pruned = fx.store.prune(&rows, now).await.unwrap();
+    let pruned = fx.upkeep.prune(&rows, now).await.unwrap();
     assert_eq!(
         pruned,
         Pruned {
@@ -328,7 +341,7 @@ async fn retention_deletes_by_age_rows_and_image_bytes(fx: &Fixture) {
         ["u8", "u9"],
         "the newest images within 250 bytes"
     );
-    let stats = fx.store.stats().await.unwrap();
+    let stats = fx.upkeep.stats().await.unwrap();
     assert_eq!((stats.rows, stats.images, stats.image_bytes), (6, 2, 200));
 
     let by_age = RetentionPolicy {
@@ -336,9 +349,9 @@ async fn retention_deletes_by_age_rows_and_image_bytes(fx: &Fixture) {
         ..RetentionPolicy::default()
     };
     let later = now + 61_000;
-    assert_eq!(fx.store.prune(&by_age, later).await.unwrap().verdicts, 6);
-    assert_eq!(fx.store.stats().await.unwrap().rows, 0);
-    assert_eq!(fx.store.stats().await.unwrap().bytes, 0);
+    assert_eq!(fx.upkeep.prune(&by_age, later).await.unwrap().verdicts, 6);
+    assert_eq!(fx.upkeep.stats().await.unwrap().rows, 0);
+    assert_eq!(fx.upkeep.stats().await.unwrap().bytes, 0);
 
     let next = fx
         .store
@@ -355,47 +368,52 @@ async fn retention_deletes_by_age_rows_and_image_bytes(fx: &Fixture) {
 async fn a_lease_has_one_holder_until_it_expires(fx: &Fixture) {
     let ttl = Duration::from_secs(30);
     let now = 1_000_000;
-    assert!(fx.store.acquire_lease("mqtt", "a", now, ttl).await.unwrap());
     assert!(
-        !fx.store
+        fx.ledger()
+            .acquire_lease("mqtt", "a", now, ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !fx.ledger()
             .acquire_lease("mqtt", "b", now + 1000, ttl)
             .await
             .unwrap()
     );
     assert!(
-        fx.store
+        fx.ledger()
             .acquire_lease("mqtt", "a", now + 1000, ttl)
             .await
             .unwrap()
     );
     assert!(
-        fx.store
+        fx.ledger()
             .acquire_lease("mqtt", "b", now + 32_000, ttl)
             .await
             .unwrap()
     );
     assert!(
-        !fx.store
+        !fx.ledger()
             .acquire_lease("mqtt", "a", now + 33_000, ttl)
             .await
             .unwrap()
     );
 
-    assert_eq!(fx.store.consumer_cursor("mqtt").await.unwrap(), 0);
-    fx.store.save_consumer_cursor("mqtt", 42).await.unwrap();
-    assert_eq!(fx.store.consumer_cursor("mqtt").await.unwrap(), 42);
+    assert_eq!(fx.ledger().consumer_cursor("mqtt").await.unwrap(), 0);
+    fx.ledger().save_consumer_cursor("mqtt", 42).await.unwrap();
+    assert_eq!(fx.ledger().consumer_cursor("mqtt").await.unwrap(), 42);
     assert!(
-        !fx.store
+        !fx.ledger()
             .acquire_lease("mqtt", "a", now + 34_000, ttl)
             .await
             .unwrap()
     );
     assert_eq!(
-        fx.store.consumer_cursor("mqtt").await.unwrap(),
+        fx.ledger().consumer_cursor("mqtt").await.unwrap(),
         42,
         "a lease keeps the cursor"
     );
-    assert_eq!(fx.store.consumer_cursor("other").await.unwrap(), 0);
+    assert_eq!(fx.ledger().consumer_cursor("other").await.unwrap(), 0);
 }
 
 async fn reopening_keeps_verdicts_and_continues_cursors(fx: &Fixture) {

@@ -479,23 +479,78 @@ async fn images_are_retained_only_when_configured() {
     assert_eq!(body["code"], "image_not_retained");
 }
 
+/// `--store none` keeps the newest verdicts in memory behind the same store trait: retries are
+/// replayed, and every read path (HTTP and gRPC, with their filters) reads the ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_store_inspections_work_and_the_mes_api_is_unavailable() {
-    let server = TestServer::start(&["--store=none"]).await;
+async fn without_a_database_the_memory_store_serves_every_read_path() {
+    let server = TestServer::start(&["--store=none", "--retention-max-rows=3"]).await;
     let image = &samples()[0].image;
-    for _ in 0..2 {
-        let response = post(&server, "aoi-07", "same", image, &[]).await;
+    for replayed in [false, true] {
+        let response = post(&server, "aoi-07", "same", image, &[("line", "L1")]).await;
         assert_eq!(response.status(), 200);
-        assert!(response.headers().get("x-kensa-cursor").is_none());
+        assert_eq!(response.headers()["x-kensa-cursor"], "1");
+        assert_eq!(
+            response.headers().get("x-kensa-replayed").is_some(),
+            replayed
+        );
     }
-    assert_eq!(metric(&server, "kensa_verdicts_total").await, 2.0);
-    let response = server
-        .client
-        .get(server.url("/v1/verdicts"))
-        .send()
+    assert_eq!(metric(&server, "kensa_verdicts_total").await, 1.0);
+    for (id, line) in [("u2", "L2"), ("u3", "L1"), ("u4", "L2")] {
+        let response = post(&server, "aoi-08", id, image, &[("line", line)]).await;
+        assert_eq!(response.status(), 200);
+    }
+    let (all, next) = read(&server, "since=0").await;
+    let cursors: Vec<u64> = all.iter().map(|v| v.cursor).collect();
+    assert_eq!(cursors, [2, 3, 4], "the ring keeps the newest 3");
+    assert_eq!(next, 4);
+    let (line, _) = read(&server, "line=L2").await;
+    assert_eq!(line.len(), 2);
+
+    let mut grpc = InspectionServiceClient::connect(server.grpc.clone())
         .await
         .unwrap();
-    assert_eq!(response.status(), 503);
+    let mut watch = grpc
+        .watch_verdicts(pb::WatchVerdictsRequest {
+            cursor: "0".into(),
+            line: "L2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for expected in ["u2", "u4"] {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            event.verdict.unwrap().inspection_id,
+            expected,
+            "line filter"
+        );
+    }
+    post(&server, "aoi-08", "u5", image, &[("line", "L1")]).await;
+    post(&server, "aoi-08", "u6", image, &[("line", "L2")]).await;
+    let live = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        live.verdict.unwrap().inspection_id,
+        "u6",
+        "L1 was filtered out"
+    );
+    let stored = grpc
+        .get_verdict(pb::GetVerdictRequest {
+            station_id: "aoi-08".into(),
+            inspection_id: "u6".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.cursor, live.cursor);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,7 +600,7 @@ async fn grpc_watch_resumes_from_a_cursor_and_get_verdict_reads_the_store() {
     let next = resumed.next().await.unwrap().unwrap();
     assert_eq!(next.cursor, events[1].cursor);
 
-    let verdict = grpc
+    let stored = grpc
         .get_verdict(pb::GetVerdictRequest {
             station_id: "aoi-07".into(),
             inspection_id: "u1".into(),
@@ -553,8 +608,24 @@ async fn grpc_watch_resumes_from_a_cursor_and_get_verdict_reads_the_store() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(verdict.inspection_id, "u1");
-    assert_eq!(verdict, *events[1].verdict.as_ref().unwrap());
+    assert_eq!(stored.verdict.as_ref().unwrap().inspection_id, "u1");
+    assert_eq!(
+        stored, events[1],
+        "GetVerdict answers the record WatchVerdicts streams"
+    );
+    let http: StoredVerdict = server.get_json("/v1/verdicts/aoi-07/u1").await;
+    assert_eq!(stored.cursor, http.cursor.to_string());
+    assert_eq!(stored.note, http.note);
+    assert_eq!(stored.image_sha256, http.image_sha256);
+    let stored_at = stored.stored_at.unwrap();
+    assert_eq!(
+        (stored_at.seconds, stored_at.nanos as u32),
+        (
+            http.stored_at.timestamp(),
+            http.stored_at.timestamp_subsec_nanos()
+        ),
+        "the same record on both protocols"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

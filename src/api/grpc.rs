@@ -1,17 +1,13 @@
-//! The native gRPC API (`kensa.v1.InspectionService`): unary and streaming inspections, stored
-//! verdicts by key, and verdicts streamed from a cursor, converted to and from the same
-//! [`InspectionRequest`] and [`Verdict`] as the HTTP API.
-//!
-//! `WatchVerdicts` reads the verdict store in cursor order (the store's commit wake-ups say when
-//! to look again), so a watcher resuming from its last cursor misses nothing and sees nothing
-//! twice. Only without a store does it fall back to the live feed ([`crate::feed`]).
+//! The native gRPC API (`kensa.v1.InspectionService`): unary and streaming inspections (through
+//! the [`Inspector`]), and stored verdicts by key or streamed from a cursor (through
+//! [`Verdicts`], the same reads as `/v1/verdicts`), converted to and from the same
+//! [`InspectionRequest`], [`Verdict`] and [`StoredVerdict`] as the HTTP API.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures::StreamExt as _;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,11 +16,10 @@ use super::grpc_status;
 use super::proto::kensa_v1 as pb;
 use crate::batching::Priority;
 use crate::error::Error;
-use crate::feed::VerdictEvent;
 use crate::inspector::{InspectionRequest, Inspector};
-use crate::store::follow::follow;
-use crate::store::{SharedStore, StoredVerdict, VerdictQuery};
+use crate::store::{StoredVerdict, VerdictQuery};
 use crate::verdict::Verdict;
+use crate::verdicts::{Filters, Verdicts};
 
 pub use pb::inspection_service_server::InspectionServiceServer;
 
@@ -35,14 +30,17 @@ const STREAM_IN_FLIGHT: usize = 64;
 /// The `kensa.v1.InspectionService` implementation.
 pub struct InspectionApi {
     inspector: Arc<Inspector>,
+    verdicts: Verdicts,
     shutdown: CancellationToken,
 }
 
 impl InspectionApi {
-    /// `shutdown` ends open streams when the server drains.
-    pub fn new(inspector: Arc<Inspector>, shutdown: CancellationToken) -> Self {
+    /// `shutdown` ends open inspection streams when the server drains (verdict streams end
+    /// through [`Verdicts`]).
+    pub fn new(inspector: Arc<Inspector>, verdicts: Verdicts, shutdown: CancellationToken) -> Self {
         InspectionApi {
             inspector,
+            verdicts,
             shutdown,
         }
     }
@@ -56,12 +54,15 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
         &self,
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::Verdict>, Status> {
-        let verdict = self
+        let inspected = self
             .inspector
             .inspect(inspection(request.into_inner()))
             .await
             .map_err(|e| grpc_status(&e))?;
-        Ok(Response::new(verdict_message(&verdict)))
+        Ok(Response::new(verdict_message(
+            &inspected.verdict,
+            inspected.heatmap_png,
+        )))
     }
 
     type InspectStreamStream = ResponseStream<pb::InspectStreamResponse>;
@@ -83,113 +84,66 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
     async fn get_verdict(
         &self,
         request: Request<pb::GetVerdictRequest>,
-    ) -> Result<Response<pb::Verdict>, Status> {
+    ) -> Result<Response<pb::StoredVerdict>, Status> {
         let key = request.into_inner();
-        if key.station_id.is_empty() || key.inspection_id.is_empty() {
-            return Err(grpc_status(&Error::BadRequest(
-                "station_id and inspection_id are both required".into(),
-            )));
-        }
-        let store = self.store()?;
-        match store
+        let stored = self
+            .verdicts
             .get(&key.station_id, &key.inspection_id)
             .await
-            .map_err(|e| grpc_status(&e.into()))?
-        {
-            Some(stored) => Ok(Response::new(verdict_message(&stored.verdict))),
-            None => Err(grpc_status(&Error::VerdictNotFound {
-                station_id: key.station_id,
-                inspection_id: key.inspection_id,
-            })),
-        }
+            .map_err(|e| grpc_status(&e))?;
+        Ok(Response::new(stored_message(&stored)))
     }
 
-    type WatchVerdictsStream = ResponseStream<pb::VerdictEvent>;
+    type WatchVerdictsStream = ResponseStream<pb::StoredVerdict>;
 
     async fn watch_verdicts(
         &self,
         request: Request<pb::WatchVerdictsRequest>,
     ) -> Result<Response<Self::WatchVerdictsStream>, Status> {
         let watch = request.into_inner();
-        let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
-        let Some(store) = self.inspector.store() else {
-            if !watch.cursor.is_empty() {
-                return Err(Status::failed_precondition(
-                    "resuming from a cursor needs the verdict store (kensa runs with \
-                     --store none); leave cursor empty to watch live verdicts",
-                ));
-            }
-            tokio::spawn(forward_verdicts(
-                self.inspector.subscribe(),
-                watch,
-                sender,
-                self.shutdown.clone(),
-            ));
-            return Ok(Response::new(ReceiverStream::new(receiver)));
-        };
         let after = match watch.cursor.as_str() {
-            "" => *store.subscribe().borrow(),
+            "" => self.verdicts.latest_cursor(),
             cursor => cursor.parse().map_err(|_| {
                 grpc_status(&Error::BadRequest(format!(
                     "cursor must be a cursor of an earlier event, \"0\" or empty, not {cursor:?}"
                 )))
             })?,
         };
-        let non_empty = |s: String| (!s.is_empty()).then_some(s);
-        let query = VerdictQuery {
-            after,
-            limit: STREAM_IN_FLIGHT,
-            station: non_empty(watch.station_id),
-            line: non_empty(watch.line),
-            lot: non_empty(watch.lot_id),
-            label: non_empty(watch.label),
-            model: non_empty(watch.model),
+        let filters = Filters {
+            station: Some(watch.station_id),
+            line: Some(watch.line),
+            lot: Some(watch.lot_id),
+            label: Some(watch.label),
+            model: Some(watch.model),
             defect_only: watch.defect_only,
         };
+        let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
         tokio::spawn(forward_stored(
-            Arc::clone(store),
-            query,
+            self.verdicts.clone(),
+            filters.after(after, Some(STREAM_IN_FLIGHT)),
             sender,
-            self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(receiver)))
-    }
-}
-
-impl InspectionApi {
-    fn store(&self) -> Result<&SharedStore, Status> {
-        self.inspector.store().ok_or_else(|| {
-            grpc_status(&Error::Unavailable(
-                "the verdict store is off (kensa runs with --store none)",
-            ))
-        })
     }
 }
 
 /// Sends stored verdicts from the watcher's cursor on, until it leaves, the store fails (the
 /// watcher resumes from its last cursor) or the server drains.
 async fn forward_stored(
-    store: SharedStore,
+    verdicts: Verdicts,
     query: VerdictQuery,
-    output: mpsc::Sender<Result<pb::VerdictEvent, Status>>,
-    shutdown: CancellationToken,
+    output: mpsc::Sender<Result<pb::StoredVerdict, Status>>,
 ) {
-    let stored = follow(store, query);
+    let stored = verdicts.follow(query);
     tokio::pin!(stored);
     loop {
         let next = tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = output
-                    .send(Err(Status::unavailable("the server is draining; reconnect")))
-                    .await;
-                return;
-            }
             () = output.closed() => return,
             next = stored.next() => next,
         };
         let message = match next {
-            Some(Ok(stored)) => Ok(event_message(&stored)),
-            Some(Err(error)) => Err(grpc_status(&error.into())),
+            Some(Ok(stored)) => Ok(stored_message(&stored)),
+            Some(Err(error)) => Err(grpc_status(&error)),
             None => return,
         };
         let failed = message.is_err();
@@ -200,14 +154,14 @@ async fn forward_stored(
 }
 
 /// The protobuf form of a stored verdict.
-fn event_message(stored: &StoredVerdict) -> pb::VerdictEvent {
-    pb::VerdictEvent {
+fn stored_message(stored: &StoredVerdict) -> pb::StoredVerdict {
+    pb::StoredVerdict {
         cursor: stored.cursor.to_string(),
-        missed: 0,
-        verdict: Some(verdict_message(&stored.verdict)),
+        stored_at: Some(timestamp(&stored.stored_at)),
         image_sha256: stored.image_sha256.clone(),
         note: stored.note.clone(),
-        stored_at: Some(timestamp(&stored.stored_at)),
+        image_retained: stored.image_retained,
+        verdict: Some(verdict_message(&stored.verdict, None)),
     }
 }
 
@@ -248,9 +202,10 @@ async fn pump_inspections(
         let output = output.clone();
         tokio::spawn(async move {
             let outcome = match inspector.inspect(request).await {
-                Ok(verdict) => {
-                    pb::inspect_stream_response::Outcome::Verdict(verdict_message(&verdict))
-                }
+                Ok(inspected) => pb::inspect_stream_response::Outcome::Verdict(verdict_message(
+                    &inspected.verdict,
+                    inspected.heatmap_png,
+                )),
                 Err(error) => pb::inspect_stream_response::Outcome::Error(error_message(&error)),
             };
             let _ = output
@@ -272,51 +227,6 @@ async fn pump_inspections(
                 "the server is draining; reconnect to another instance",
             )))
             .await;
-    }
-}
-
-/// Sends live verdicts that pass the watcher's filters until it leaves or the server drains.
-async fn forward_verdicts(
-    mut feed: broadcast::Receiver<VerdictEvent>,
-    watch: pb::WatchVerdictsRequest,
-    output: mpsc::Sender<Result<pb::VerdictEvent, Status>>,
-    shutdown: CancellationToken,
-) {
-    let mut missed = 0u64;
-    loop {
-        let event = tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = output
-                    .send(Err(Status::unavailable("the server is draining; reconnect")))
-                    .await;
-                return;
-            }
-            () = output.closed() => return,
-            event = feed.recv() => event,
-        };
-        let event = match event {
-            Ok(event) => event,
-            Err(broadcast::error::RecvError::Lagged(count)) => {
-                missed += count;
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let verdict = &event.verdict;
-        if (!watch.station_id.is_empty() && watch.station_id != verdict.station_id)
-            || (!watch.model.is_empty() && watch.model != verdict.model)
-        {
-            continue;
-        }
-        let message = pb::VerdictEvent {
-            cursor: event.sequence.to_string(),
-            missed: std::mem::take(&mut missed),
-            verdict: Some(verdict_message(verdict)),
-            ..pb::VerdictEvent::default()
-        };
-        if output.send(Ok(message)).await.is_err() {
-            return;
-        }
     }
 }
 
@@ -355,14 +265,8 @@ fn error_message(error: &Error) -> pb::InspectionError {
 }
 
 /// The protobuf form of a verdict; the heat map travels as PNG bytes, not base64.
-pub fn verdict_message(verdict: &Verdict) -> pb::Verdict {
+fn verdict_message(verdict: &Verdict, heatmap_png: Option<Vec<u8>>) -> pb::Verdict {
     let attention = &verdict.attention;
-    let heatmap_png = verdict
-        .heatmap_png
-        .as_deref()
-        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-        .unwrap_or_default()
-        .into();
     pb::Verdict {
         inspection_id: verdict.inspection_id.clone(),
         station_id: verdict.station_id.clone(),
@@ -395,7 +299,7 @@ pub fn verdict_message(verdict: &Verdict) -> pb::Verdict {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        heatmap_png,
+        heatmap_png: heatmap_png.unwrap_or_default().into(),
     }
 }
 

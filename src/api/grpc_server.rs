@@ -13,6 +13,7 @@ use super::grpc::{InspectionApi, InspectionServiceServer};
 use super::proto::FILE_DESCRIPTOR_SET;
 use super::v2::grpc::{GrpcInferenceServiceServer, InferenceApi};
 use crate::inspector::Inspector;
+use crate::verdicts::Verdicts;
 
 /// The gRPC services and the handle that reports their health.
 pub struct GrpcServices {
@@ -26,6 +27,7 @@ pub struct GrpcServices {
 /// `--max-body-bytes` bounds an HTTP body. Health starts as NOT_SERVING.
 pub async fn services(
     inspector: Arc<Inspector>,
+    verdicts: Verdicts,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<GrpcServices> {
@@ -40,9 +42,13 @@ pub async fn services(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let native = InspectionServiceServer::new(InspectionApi::new(Arc::clone(&inspector), shutdown))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+    let native = InspectionServiceServer::new(InspectionApi::new(
+        Arc::clone(&inspector),
+        verdicts,
+        shutdown,
+    ))
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes);
     let inference = GrpcInferenceServiceServer::new(InferenceApi::new(inspector))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);

@@ -1,11 +1,18 @@
-//! Front doors: thin adapters from a wire format to the [`Inspector`](crate::inspector::Inspector).
+//! Front doors: thin adapters from a wire format to the [`Inspector`](crate::inspector::Inspector)
+//! (inspections) and to [`Verdicts`](crate::verdicts::Verdicts) (stored verdicts).
+//!
+//! HTTP: [`http`] assembles [`inspections`], [`verdicts`], [`ops`] and [`v2::http`] over the
+//! shared [`state`]. gRPC: [`grpc_server`] assembles [`grpc`] and [`v2::grpc`].
 
 pub mod grpc;
 pub mod grpc_server;
 pub mod http;
-pub mod mes;
+pub mod inspections;
+pub mod ops;
 pub mod proto;
+pub mod state;
 pub mod v2;
+pub mod verdicts;
 
 use crate::error::Error;
 

@@ -1,7 +1,27 @@
 //! Dynamic batching: requests from many stations wait in a bounded queue per model and leave it
-//! in batches, which a worker runs on a pool of sessions.
+//! in batches, which a worker runs on a pool of [`BatchRunner`]s.
 
+pub mod batch;
 pub mod queue;
 pub mod worker;
 
+use std::sync::Arc;
+
+pub use batch::{BatchInput, BatchOutput, BatchRunner};
 pub use queue::{Entry, Fill, Priority, Queue, QueueConfig};
+
+use crate::metrics::{Metrics, ModelLabels};
+
+/// Starts a model version's queue and the worker that runs its batches on `runners`; the
+/// returned handle admits requests. Both run for the life of the process.
+pub fn start<R: BatchRunner>(
+    config: QueueConfig,
+    runners: Vec<R>,
+    pad_id: u32,
+    metrics: Arc<Metrics>,
+    labels: ModelLabels,
+) -> Queue {
+    let queue = Queue::spawn(config);
+    worker::spawn(queue.clone(), runners, pad_id, metrics, labels);
+    queue
+}

@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::batch::BatchOutput;
 use crate::error::Error;
-use crate::model::pipeline::BatchOutput;
 
 /// Two levels are enough on a line: a station marks the units it is waiting on as urgent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

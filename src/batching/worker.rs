@@ -1,9 +1,9 @@
 //! The batch worker: takes batches from a queue, stacks them into tensors and runs them on a
-//! pool of session sets.
+//! pool of [`BatchRunner`]s.
 //!
-//! With a session free, the worker takes whatever the queue's delay rule releases. While every
-//! session is busy it takes only a full batch, stacks and pads it (on a blocking thread) while
-//! the others run, and hands it to the next session that frees up; a partial batch instead keeps
+//! With a runner free, the worker takes whatever the queue's delay rule releases. While every
+//! runner is busy it takes only a full batch, stacks and pads it (on a blocking thread) while
+//! the others run, and hands it to the next runner that frees up; a partial batch instead keeps
 //! growing in the queue, so a busy server runs full batches. Each batch runs on a blocking
 //! thread; the pool size bounds how many run at once.
 
@@ -13,16 +13,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::batch::{BatchInput, BatchRunner};
 use super::queue::{Entry, Fill, Queue};
 use crate::error::Error;
 use crate::metrics::{Metrics, ModelLabels};
-use crate::model::pipeline::{BatchInput, ModelSessions};
 use crate::preprocess::text::pad_batch;
 
 /// Starts the worker for one model; it ends when the queue shuts down.
-pub fn spawn(
+pub fn spawn<R: BatchRunner>(
     queue: Queue,
-    pool: Vec<ModelSessions>,
+    pool: Vec<R>,
     pad_id: u32,
     metrics: Arc<Metrics>,
     labels: ModelLabels,
@@ -30,9 +30,9 @@ pub fn spawn(
     tokio::spawn(run(queue, pool, pad_id, metrics, labels))
 }
 
-async fn run(
+async fn run<R: BatchRunner>(
     queue: Queue,
-    pool: Vec<ModelSessions>,
+    pool: Vec<R>,
     pad_id: u32,
     metrics: Arc<Metrics>,
     labels: ModelLabels,
@@ -41,7 +41,7 @@ async fn run(
     for sessions in pool {
         let _ = free_sender.try_send(sessions);
     }
-    let mut idle: Option<ModelSessions> = None;
+    let mut idle: Option<R> = None;
     loop {
         let fill = if idle.is_some() {
             Fill::SizeOrDelay
@@ -111,7 +111,7 @@ fn assemble(entries: Vec<Entry>, pad_id: u32) -> (Vec<Entry>, BatchInput) {
 }
 
 fn run_batch(
-    sessions: &mut ModelSessions,
+    sessions: &mut impl BatchRunner,
     entries: Vec<Entry>,
     input: &BatchInput,
     queue: &Queue,
@@ -151,6 +151,179 @@ fn run_batch(
             for entry in entries {
                 entry.fail(Error::Inference(message.clone()));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::mpsc as std_mpsc;
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::batching::batch::BatchOutput;
+    use crate::batching::queue::{EntryResult, Priority, QueueConfig};
+
+    /// Token id that makes the fake runner fail the whole batch.
+    const POISON: i64 = -1;
+
+    /// Records each batch's first token ids, waits for a go signal per batch when gated, and
+    /// fails batches that hold [`POISON`].
+    struct FakeRunner {
+        batches: Arc<Mutex<Vec<Vec<i64>>>>,
+        gate: Option<Arc<Mutex<std_mpsc::Receiver<()>>>>,
+    }
+
+    impl BatchRunner for FakeRunner {
+        fn run(&mut self, batch: &BatchInput) -> Result<BatchOutput, Error> {
+            let firsts: Vec<i64> = batch
+                .input_ids
+                .chunks(batch.tokens.max(1))
+                .map(|row| row[0])
+                .collect();
+            self.batches.lock().unwrap().push(firsts.clone());
+            if let Some(gate) = &self.gate {
+                gate.lock().unwrap().recv().unwrap();
+            }
+            if firsts.contains(&POISON) {
+                return Err(Error::Inference("poisoned batch".into()));
+            }
+            Ok(BatchOutput {
+                logits: firsts.iter().map(|&id| id as f32).collect(),
+                attention: vec![1.0; batch.size],
+            })
+        }
+    }
+
+    struct Harness {
+        queue: Queue,
+        batches: Arc<Mutex<Vec<Vec<i64>>>>,
+        go: std_mpsc::Sender<()>,
+    }
+
+    /// One gated runner, batches of `max`, a long delay so only size or a free runner close a
+    /// batch early.
+    fn harness(max: usize, max_delay: Duration) -> Harness {
+        let queue = Queue::spawn(QueueConfig {
+            capacity: 64,
+            max_batch_size: max,
+            max_delay,
+        });
+        let batches = Arc::default();
+        let (go, gate) = std_mpsc::channel();
+        let runner = FakeRunner {
+            batches: Arc::clone(&batches),
+            gate: Some(Arc::new(Mutex::new(gate))),
+        };
+        let labels = ModelLabels {
+            model: "fake".into(),
+            version: "1".into(),
+        };
+        spawn(
+            queue.clone(),
+            vec![runner],
+            0,
+            Arc::new(Metrics::new()),
+            labels,
+        );
+        Harness { queue, batches, go }
+    }
+
+    type Answer = oneshot::Receiver<Result<EntryResult, Error>>;
+
+    fn append(queue: &Queue, id: i64) -> Answer {
+        let (respond, answer) = oneshot::channel();
+        let now = tokio::time::Instant::now();
+        queue
+            .append(Entry {
+                pixels: Vec::new(),
+                input_ids: vec![id],
+                priority: Priority::Normal,
+                queued_at: now,
+                deadline: now + Duration::from_secs(30),
+                respond,
+                permit: queue.reserve().unwrap(),
+            })
+            .unwrap();
+        answer
+    }
+
+    async fn batches_seen(harness: &Harness, count: usize) -> Vec<Vec<i64>> {
+        for _ in 0..500 {
+            let seen = harness.batches.lock().unwrap().clone();
+            if seen.len() >= count {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("fewer than {count} batches ran");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_the_runner_is_busy_a_trickle_forms_a_full_batch() {
+        let harness = harness(4, Duration::from_millis(1));
+        let first = append(&harness.queue, 1);
+        batches_seen(&harness, 1).await;
+        // The runner is busy with [1]; entries trickle in far slower than the 1 ms delay, yet
+        // the prepared batch waits until it is full.
+        let mut answers = Vec::new();
+        for id in 2..=5 {
+            answers.push(append(&harness.queue, id));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        harness.go.send(()).unwrap();
+        harness.go.send(()).unwrap();
+        assert_eq!(
+            batches_seen(&harness, 2).await,
+            vec![vec![1], vec![2, 3, 4, 5]]
+        );
+        assert!(first.await.unwrap().is_ok());
+        for answer in answers {
+            assert_eq!(answer.await.unwrap().unwrap().batch_size, 4);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partial_batch_runs_as_soon_as_the_runner_frees() {
+        let harness = harness(4, Duration::from_millis(1));
+        let _first = append(&harness.queue, 1);
+        batches_seen(&harness, 1).await;
+        let second = append(&harness.queue, 2);
+        let third = append(&harness.queue, 3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            harness.batches.lock().unwrap().len(),
+            1,
+            "busy: still waiting for 4"
+        );
+        harness.go.send(()).unwrap();
+        harness.go.send(()).unwrap();
+        assert_eq!(
+            batches_seen(&harness, 2).await[1],
+            vec![2, 3],
+            "relaxed, not dropped"
+        );
+        assert_eq!(second.await.unwrap().unwrap().logits, vec![2.0]);
+        assert_eq!(third.await.unwrap().unwrap().logits, vec![3.0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_batch_fails_only_its_own_requests() {
+        let harness = harness(2, Duration::from_millis(200));
+        for _ in 0..3 {
+            harness.go.send(()).unwrap();
+        }
+        let poisoned = [append(&harness.queue, POISON), append(&harness.queue, 7)];
+        batches_seen(&harness, 1).await;
+        let healthy = [append(&harness.queue, 8), append(&harness.queue, 9)];
+        for answer in poisoned {
+            assert!(matches!(answer.await.unwrap(), Err(Error::Inference(_))));
+        }
+        for (answer, id) in healthy.into_iter().zip([8.0, 9.0]) {
+            assert_eq!(answer.await.unwrap().unwrap().logits, vec![id]);
         }
     }
 }

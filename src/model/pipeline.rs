@@ -9,45 +9,20 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::manifest::{DType, Dim, Graph, Manifest, TensorSpec, names};
 use super::runtime::{Provider, Runtime};
+use crate::batching::{BatchInput, BatchOutput, BatchRunner};
 use crate::error::Error;
 
-/// A batch ready for the graphs: images stacked NCHW, notes padded to one length.
-#[derive(Debug, Clone)]
-pub struct BatchInput {
-    /// Number of requests in the batch.
-    pub size: usize,
-    /// `size * channels * height * width` normalized pixels.
-    pub pixels: Vec<f32>,
-    /// `size * tokens` token ids.
-    pub input_ids: Vec<i64>,
-    /// `size * tokens`, 1 for real tokens.
-    pub attention_mask: Vec<i64>,
-    /// Padded note length.
-    pub tokens: usize,
-}
-
-impl BatchInput {
-    /// Blank images and pad-token notes of `tokens` tokens: compute cost without real data, for
-    /// warm-up and timing.
-    pub fn blank(manifest: &Manifest, size: usize, tokens: usize) -> BatchInput {
-        let image = &manifest.image;
-        BatchInput {
-            size,
-            pixels: vec![0.0; size * image.channels * image.height as usize * image.width as usize],
-            input_ids: vec![i64::from(manifest.text.pad_id); size * tokens],
-            attention_mask: vec![1; size * tokens],
-            tokens,
-        }
+/// Blank images and pad-token notes of `tokens` tokens: compute cost without real data, for
+/// warm-up and timing.
+pub fn blank_batch(manifest: &Manifest, size: usize, tokens: usize) -> BatchInput {
+    let image = &manifest.image;
+    BatchInput {
+        size,
+        pixels: vec![0.0; size * image.channels * image.height as usize * image.width as usize],
+        input_ids: vec![i64::from(manifest.text.pad_id); size * tokens],
+        attention_mask: vec![1; size * tokens],
+        tokens,
     }
-}
-
-/// What the head says about each request of a batch.
-#[derive(Debug, Clone)]
-pub struct BatchOutput {
-    /// `size * labels` raw class scores.
-    pub logits: Vec<f32>,
-    /// `size * grid cells` attention over image patches.
-    pub attention: Vec<f32>,
 }
 
 /// One set of sessions for the three graphs. `Session::run` needs `&mut`, so the service keeps
@@ -94,12 +69,14 @@ impl ModelSessions {
             provider,
         ))
     }
+}
 
+impl BatchRunner for ModelSessions {
     /// Runs one batch through vision ∥ text, then the head.
     ///
     /// The two encoders are independent sessions, so they run on two threads at once; on a GPU
     /// provider this overlaps their kernels, on CPU it fills the cores one operator leaves idle.
-    pub fn run(&mut self, batch: &BatchInput) -> Result<BatchOutput, Error> {
+    fn run(&mut self, batch: &BatchInput) -> Result<BatchOutput, Error> {
         let [c, h, w] = self.image_shape;
         let n = batch.size;
         if batch.pixels.len() != n * c * h * w || batch.input_ids.len() != n * batch.tokens {

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 
 use super::manifest::Manifest;
-use super::pipeline::{BatchInput, ModelSessions};
+use super::pipeline::{ModelSessions, blank_batch};
 use super::runtime::{Provider, Runtime};
-use crate::batching::{Queue, QueueConfig, worker};
+use crate::batching::{self, BatchRunner as _, Queue, QueueConfig};
 use crate::error::Error;
 use crate::metrics::{Metrics, ModelInfoLabels, ModelLabels};
 use crate::preprocess::text::NoteTokenizer;
@@ -41,8 +41,6 @@ pub struct LoadedModel {
     pub name: String,
     /// Version number.
     pub version: u64,
-    /// Where its files are.
-    pub dir: PathBuf,
     /// Its contract.
     pub manifest: Manifest,
     /// Its note tokenizer.
@@ -51,8 +49,6 @@ pub struct LoadedModel {
     pub queue: Queue,
     /// The execution provider its sessions run on.
     pub provider: Provider,
-    /// How long warm-up took.
-    pub warmup: Duration,
 }
 
 impl LoadedModel {
@@ -87,8 +83,10 @@ pub struct Discovered {
 pub fn discover(root: &Path) -> anyhow::Result<Vec<Discovered>> {
     ensure!(
         root.is_dir(),
-        "model repository {} is not a folder",
-        root.display()
+        "model repository {} is not a folder (--model-repository / KENSA_MODEL_REPOSITORY)",
+        std::path::absolute(root)
+            .unwrap_or_else(|_| root.to_path_buf())
+            .display()
     );
     if root.join("manifest.json").is_file() {
         let manifest = Manifest::load(root)?;
@@ -164,7 +162,7 @@ pub fn open_and_warm(
         pool.push(sessions);
     }
     let started = Instant::now();
-    let batch = BatchInput::blank(
+    let batch = blank_batch(
         manifest,
         batch_size(manifest, options),
         manifest.text.max_tokens,
@@ -210,27 +208,36 @@ impl ModelRepository {
             let (pool, tokenizer, provider, warmup) =
                 tokio::task::spawn_blocking(move || open_and_warm(runtime, &job, &load_options))
                     .await??;
-            let queue = Queue::spawn(QueueConfig {
-                capacity: options.queue_capacity,
-                max_batch_size: batch_size(&model.manifest, options),
-                max_delay: options.max_delay,
-            });
+            let labels = ModelLabels {
+                model: model.name.clone(),
+                version: model.version.to_string(),
+            };
+            let sessions = pool.len();
+            let queue = batching::start(
+                QueueConfig {
+                    capacity: options.queue_capacity,
+                    max_batch_size: batch_size(&model.manifest, options),
+                    max_delay: options.max_delay,
+                },
+                pool,
+                model.manifest.text.pad_id,
+                Arc::clone(metrics),
+                labels,
+            );
             let loaded = LoadedModel {
                 name: model.name,
                 version: model.version,
-                dir: model.dir,
                 manifest: model.manifest,
                 tokenizer,
-                queue: queue.clone(),
+                queue,
                 provider,
-                warmup,
             };
             tracing::info!(
                 model = %loaded.name,
                 version = loaded.version,
                 %provider,
-                sessions = pool.len(),
-                max_batch_size = queue.config().max_batch_size,
+                sessions,
+                max_batch_size = loaded.queue.config().max_batch_size,
                 warmup_ms = warmup.as_millis() as u64,
                 "model ready"
             );
@@ -242,13 +249,6 @@ impl ModelRepository {
                     provider: provider.to_string(),
                 })
                 .set(1);
-            worker::spawn(
-                queue,
-                pool,
-                loaded.manifest.text.pad_id,
-                Arc::clone(metrics),
-                loaded.labels(),
-            );
             models
                 .entry(loaded.name.clone())
                 .or_default()

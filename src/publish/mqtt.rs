@@ -11,7 +11,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, QoS};
@@ -20,8 +19,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::store::record::now_ms;
-use crate::store::{SharedStore, StoredVerdict, VerdictQuery};
+use crate::store::{ConsumerLedger, SharedStore, StoredVerdict, VerdictQuery};
 
 /// The publisher's cursor and lease name in the store.
 pub const CONSUMER: &str = "mqtt";
@@ -51,26 +51,25 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
 }
 
-/// What the publisher has done, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct PublisherStats {
-    /// Verdicts the broker acknowledged.
-    pub published: AtomicU64,
-    /// The cursor of the last acknowledged verdict.
-    pub cursor: AtomicU64,
-    /// Whether a broker connection is up.
-    pub connected: AtomicBool,
+/// What the publisher reads and writes: the verdicts, its own cursor and lease, its metrics
+/// (`kensa_mqtt_published_total`, `kensa_mqtt_connected`).
+#[derive(Clone)]
+pub struct Publisher {
+    /// The verdicts to publish.
+    pub store: SharedStore,
+    /// Where the publisher keeps its cursor and lease.
+    pub ledger: Arc<dyn ConsumerLedger>,
+    /// Where it counts.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the publisher; it runs until `cancel`.
 pub fn spawn(
-    store: SharedStore,
+    publisher: Publisher,
     config: MqttConfig,
     cancel: CancellationToken,
-) -> (JoinHandle<()>, Arc<PublisherStats>) {
-    let stats = Arc::new(PublisherStats::default());
-    let task = tokio::spawn(run(store, config, cancel, Arc::clone(&stats)));
-    (task, stats)
+) -> JoinHandle<()> {
+    tokio::spawn(run(publisher, config, cancel))
 }
 
 /// The topic of one verdict: `<prefix>/<line>/<station>/verdict`, `_` for a missing line.
@@ -96,16 +95,11 @@ fn topic_level(value: &str) -> String {
     if level.is_empty() { "_".into() } else { level }
 }
 
-async fn run(
-    store: SharedStore,
-    config: MqttConfig,
-    cancel: CancellationToken,
-    stats: Arc<PublisherStats>,
-) {
+async fn run(publisher: Publisher, config: MqttConfig, cancel: CancellationToken) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let ended = session(&store, &config, &cancel, &stats, &mut backoff).await;
-        stats.connected.store(false, Ordering::Relaxed);
+        let ended = session(&publisher, &config, &cancel, &mut backoff).await;
+        publisher.metrics.mqtt_connected.set(0);
         match ended {
             Ok(()) => return,
             Err(error) => tracing::warn!(
@@ -128,10 +122,9 @@ type Events = mpsc::UnboundedReceiver<Result<Event, String>>;
 
 /// One broker connection: publish until cancelled (Ok) or until something fails (Err).
 async fn session(
-    store: &SharedStore,
+    publisher: &Publisher,
     config: &MqttConfig,
     cancel: &CancellationToken,
-    stats: &PublisherStats,
     backoff: &mut Duration,
 ) -> Result<(), String> {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
@@ -151,9 +144,9 @@ async fn session(
     let result = async {
         connected(&mut events).await?;
         *backoff = Duration::from_secs(1);
-        stats.connected.store(true, Ordering::Relaxed);
+        publisher.metrics.mqtt_connected.set(1);
         tracing::info!(broker = %format!("{}:{}", config.host, config.port), "MQTT connected");
-        publish_loop(store, config, cancel, stats, &client, &mut events).await
+        publish_loop(publisher, config, cancel, &client, &mut events).await
     }
     .await;
     if result.is_ok() {
@@ -179,22 +172,26 @@ async fn connected(events: &mut Events) -> Result<(), String> {
 }
 
 async fn publish_loop(
-    store: &SharedStore,
+    publisher: &Publisher,
     config: &MqttConfig,
     cancel: &CancellationToken,
-    stats: &PublisherStats,
     client: &AsyncClient,
     events: &mut Events,
 ) -> Result<(), String> {
+    let Publisher {
+        store,
+        ledger,
+        metrics,
+    } = publisher;
     let mut changes = store.subscribe();
     loop {
         changes.borrow_and_update();
-        let leased = store
+        let leased = ledger
             .acquire_lease(CONSUMER, &config.client_id, now_ms(), LEASE_TTL)
             .await
             .map_err(|e| e.to_string())?;
         let batch = if leased {
-            let after = store
+            let after = ledger
                 .consumer_cursor(CONSUMER)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -232,14 +229,11 @@ async fn publish_loop(
         }
         acknowledged(events, batch.len()).await?;
         let last = batch.last().map_or(0, |v| v.cursor);
-        store
+        ledger
             .save_consumer_cursor(CONSUMER, last)
             .await
             .map_err(|e| e.to_string())?;
-        stats
-            .published
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats.cursor.store(last, Ordering::Relaxed);
+        metrics.mqtt_published.inc_by(batch.len() as u64);
     }
 }
 

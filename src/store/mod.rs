@@ -1,12 +1,19 @@
-//! The durable verdict store: every verdict is written here before its station gets an answer, so
-//! a production line's MES sees each one exactly once, across retries, network drops and restarts.
+//! The verdict store: every verdict is written here before its station gets an answer, so a
+//! production line's MES sees each one exactly once, across retries, network drops and restarts.
 //!
-//! Two backends behave the same (one test suite runs against both): [`sqlite`] (embedded, the
-//! default) and [`postgres`] (shared by several replicas). Both number verdicts with a cursor
-//! that only grows *in commit order*, so a consumer that resumes from its last cursor misses
-//! nothing and sees nothing twice (see each backend for how).
+//! Two durable backends behave the same (one test suite runs against both): [`sqlite`]
+//! (embedded, the default) and [`postgres`] (shared by several replicas). Both number verdicts
+//! with a cursor that only grows *in commit order*, so a consumer that resumes from its last
+//! cursor misses nothing and sees nothing twice (see each backend for how). `--store none`
+//! gets [`memory`]: the same behaviour within a bounded ring, kept only while the process runs,
+//! so every read path works the same way with or without a database.
+//!
+//! The backends' concerns are split into three traits: [`VerdictStore`] (the request path and
+//! readers), [`StoreUpkeep`] (stats and retention) and [`ConsumerLedger`] (the MQTT publisher's
+//! cursor and lease).
 
 pub mod follow;
+pub mod memory;
 pub mod migrations;
 pub mod postgres;
 pub mod query;
@@ -74,11 +81,12 @@ pub struct StoreStats {
     pub image_bytes: u64,
 }
 
-/// A durable, cursor-ordered store of verdicts keyed by (station_id, inspection_id).
+/// Verdicts keyed by (station_id, inspection_id) and numbered by a cursor that grows in commit
+/// order: what the request path writes and every reader reads.
 #[async_trait::async_trait]
 pub trait VerdictStore: Send + Sync {
-    /// Stores a verdict durably, or returns the one already stored under its key; returns only
-    /// after the write is committed.
+    /// Stores a verdict, or returns the one already stored under its key; returns only after
+    /// the write is committed.
     async fn insert(&self, verdict: NewVerdict) -> Result<Inserted, StoreError>;
 
     /// The stored verdict of one inspection.
@@ -98,20 +106,33 @@ pub trait VerdictStore: Send + Sync {
         inspection_id: &str,
     ) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The highest cursor known to be committed, updated on every write this process makes
+    /// (and, for PostgreSQL, on other replicas' writes); a wake-up for waiting readers.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}
+
+/// The store's housekeeping: what it holds, and deleting what retention no longer keeps.
+#[async_trait::async_trait]
+pub trait StoreUpkeep: Send + Sync {
     /// Rows and bytes held.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 
     /// Deletes what the policy no longer keeps; `now_ms` is the Unix time in milliseconds.
     async fn prune(&self, policy: &RetentionPolicy, now_ms: i64) -> Result<Pruned, StoreError>;
+}
 
-    /// The saved position of a named internal consumer (the MQTT publisher); 0 if none.
+/// Durable positions of internal consumers that read the store as an outbox (the MQTT
+/// publisher), with a lease so one replica at a time runs each.
+#[async_trait::async_trait]
+pub trait ConsumerLedger: Send + Sync {
+    /// The saved position of a named consumer; 0 if none.
     async fn consumer_cursor(&self, name: &str) -> Result<u64, StoreError>;
 
-    /// Saves the position of a named internal consumer.
+    /// Saves the position of a named consumer.
     async fn save_consumer_cursor(&self, name: &str, cursor: u64) -> Result<(), StoreError>;
 
-    /// Takes or renews the lease of a named consumer for `holder`, so only one replica runs
-    /// it at a time; true when `holder` holds it until `now_ms + ttl`.
+    /// Takes or renews the lease of a named consumer for `holder`; true when `holder` holds it
+    /// until `now_ms + ttl`.
     async fn acquire_lease(
         &self,
         name: &str,
@@ -119,14 +140,36 @@ pub trait VerdictStore: Send + Sync {
         now_ms: i64,
         ttl: Duration,
     ) -> Result<bool, StoreError>;
-
-    /// The highest cursor known to be committed, updated on every write this process makes
-    /// (and, for PostgreSQL, on other replicas' writes); a wake-up for waiting consumers.
-    fn subscribe(&self) -> watch::Receiver<u64>;
 }
 
-/// A shared handle to whichever backend is configured.
+/// A shared handle to the verdicts of whichever backend is configured.
 pub type SharedStore = Arc<dyn VerdictStore>;
+
+/// An open store, seen through each of its concerns.
+#[derive(Clone)]
+pub struct Store {
+    /// Verdict reads and writes.
+    pub verdicts: SharedStore,
+    /// Stats and retention.
+    pub upkeep: Arc<dyn StoreUpkeep>,
+    /// Consumer cursors and leases; None for the in-memory store, which cannot promise an
+    /// outbox anything across a restart.
+    pub consumers: Option<Arc<dyn ConsumerLedger>>,
+}
+
+impl Store {
+    fn durable<B>(backend: B) -> Store
+    where
+        B: VerdictStore + StoreUpkeep + ConsumerLedger + 'static,
+    {
+        let backend = Arc::new(backend);
+        Store {
+            verdicts: backend.clone(),
+            upkeep: backend.clone(),
+            consumers: Some(backend),
+        }
+    }
+}
 
 /// Where the store lives, parsed from `--store`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,10 +178,19 @@ pub enum StoreLocation {
     Sqlite(std::path::PathBuf),
     /// A PostgreSQL connection URL (`postgres://user@host/db?options=-csearch_path%3Dkensa`).
     Postgres(String),
+    /// No database (`--store none`): the newest verdicts in a bounded ring in memory, gone at
+    /// exit.
+    Memory {
+        /// Verdicts kept (the newest).
+        rows: usize,
+        /// Bytes of retained images kept (the newest).
+        image_bytes: u64,
+    },
 }
 
 impl StoreLocation {
     /// `sqlite` (a file under `data_dir`), `sqlite:PATH`, or `postgres://...`/`postgresql://...`.
+    /// (`none` is decided by the caller, which knows the memory store's bounds.)
     pub fn parse(value: &str, data_dir: &Path) -> Result<StoreLocation, String> {
         if value == "sqlite" {
             return Ok(StoreLocation::Sqlite(data_dir.join("verdicts.sqlite")));
@@ -153,44 +205,97 @@ impl StoreLocation {
             return Ok(StoreLocation::Sqlite(path.into()));
         }
         if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            value
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| format!("--store: bad PostgreSQL URL: {e}"))?;
             return Ok(StoreLocation::Postgres(value.to_string()));
         }
         Err(format!(
-            "store must be sqlite, sqlite:PATH or a postgres:// URL, not {value:?}"
+            "store must be sqlite, sqlite:PATH, a postgres:// URL or none, not {value:?}"
         ))
+    }
+
+    /// Whether verdicts survive a restart.
+    pub fn is_durable(&self) -> bool {
+        !matches!(self, StoreLocation::Memory { .. })
     }
 }
 
-/// Names the store in logs without its password.
+/// Names the store in logs, built from the parsed configuration so no password shows,
+/// whichever form it took in the URL (`user:pw@`, `?password=`).
 impl std::fmt::Display for StoreLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreLocation::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
-            StoreLocation::Postgres(url) => {
-                let masked = match (url.find("://"), url.rfind('@')) {
-                    (Some(scheme), Some(at)) if scheme + 3 < at => {
-                        let user_info = &url[scheme + 3..at];
-                        match user_info.split_once(':') {
-                            Some((user, _)) => {
-                                format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-                            }
-                            None => url.clone(),
-                        }
-                    }
-                    _ => url.clone(),
-                };
-                f.write_str(&masked)
+            StoreLocation::Memory { rows, .. } => {
+                write!(f, "memory (the newest {rows} verdicts, not durable)")
             }
+            StoreLocation::Postgres(url) => match url.parse::<tokio_postgres::Config>() {
+                Ok(config) => f.write_str(&postgres_display(&config)),
+                Err(_) => f.write_str("postgres://(unparsable URL)"),
+            },
         }
     }
 }
 
+/// `postgres://user@host:port,host:port/dbname`, with no password and no other options.
+fn postgres_display(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            match config.get_ports().get(i).or(config.get_ports().first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let database = config.get_dbname().unwrap_or_default();
+    format!("postgres://{user}{}/{database}", hosts.join(","))
+}
+
 /// Opens the store and runs its pending migrations.
-pub async fn open(location: &StoreLocation) -> Result<SharedStore, StoreError> {
+pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
     Ok(match location {
-        StoreLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
-        StoreLocation::Postgres(url) => Arc::new(postgres::PostgresStore::connect(url).await?),
+        StoreLocation::Sqlite(path) => Store::durable(sqlite::SqliteStore::open(path).await?),
+        StoreLocation::Postgres(url) => {
+            Store::durable(postgres::PostgresStore::connect(url).await?)
+        }
+        StoreLocation::Memory { rows, image_bytes } => {
+            let memory = Arc::new(memory::MemoryStore::new(*rows, *image_bytes));
+            Store {
+                verdicts: memory.clone(),
+                upkeep: memory,
+                consumers: None,
+            }
+        }
     })
+}
+
+/// Raises the known committed cursor to `seq` (never lowers it) and wakes readers when it moved.
+pub(crate) fn advance(cursor: &watch::Sender<u64>, seq: u64) {
+    cursor.send_if_modified(|known| {
+        let newer = seq > *known;
+        if newer {
+            *known = seq;
+        }
+        newer
+    });
+}
+
+/// Cursors, sizes and versions are u64 in Rust and signed 64-bit in SQL.
+pub(crate) fn to_sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -213,8 +318,15 @@ mod tests {
             StoreLocation::Postgres("postgres://u@h/db".into())
         );
         assert!(StoreLocation::parse("mysql://x", data).is_err());
-        let secret = StoreLocation::Postgres("postgres://kensa:hunter2@db/test".into());
-        assert_eq!(secret.to_string(), "postgres://kensa:***@db/test");
+        for secret in [
+            "postgres://kensa:hunter2@db/test",
+            "postgres://kensa@db/test?password=hunter2",
+            "postgresql://kensa:hunter2@db:5433/test?password=hunter2&sslmode=disable",
+        ] {
+            let shown = StoreLocation::parse(secret, data).unwrap().to_string();
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.starts_with("postgres://kensa@db:"), "{shown}");
+        }
         assert!(StoreLocation::parse("sqlite:", data).is_err());
     }
 }

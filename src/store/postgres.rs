@@ -11,29 +11,30 @@
 //! Holding that lock through a commit serializes commits, so each replica has one writer task
 //! that commits whatever inserts are waiting in one transaction (group commit, up to `GROUP`):
 //! one lock turn and one WAL flush per group instead of per verdict. If a group fails, its
-//! inserts are retried one by one so one bad row cannot fail its neighbours. A retry of a
-//! stored key is answered before it queues at all.
+//! inserts are retried one by one so one bad row cannot fail its neighbours. (A retry of a
+//! stored key never gets here: the inspector looks its key up first.)
 //!
 //! Wake-ups across replicas: every insert sends `pg_notify` (delivered at commit); each
 //! replica listens on one connection and updates [`VerdictStore::subscribe`].
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::migrations::{self, CREATE_TABLE};
 use super::query::{Dialect, Param};
-use super::record::{RawRow, decode, from_ms, now_ms};
+use super::record::{RawRow, decode, now_ms};
 use super::retention::{Pruned, RetentionPolicy};
 use super::sql;
-use super::sqlite::to_i64;
 use super::{
-    Inserted, NewVerdict, StoreError, StoreStats, StoredVerdict, VerdictQuery, VerdictStore,
+    ConsumerLedger, Inserted, NewVerdict, StoreError, StoreStats, StoreUpkeep, StoredVerdict,
+    VerdictQuery, VerdictStore, advance, to_sql_int as to_i64,
 };
 
 /// Connections per replica.
@@ -122,13 +123,6 @@ impl VerdictStore for PostgresStore {
         let json = verdict
             .verdict_json()
             .map_err(|e| StoreError::Corrupt(format!("verdict does not serialize: {e}")))?;
-        let v = &verdict.verdict;
-        // A retry of a stored key is answered without queueing for the cursor lock.
-        if let Some(existing) =
-            by_key(&self.client().await?, &v.station_id, &v.inspection_id).await?
-        {
-            return Ok(Inserted::Existing(existing));
-        }
         let (answer, answered) = oneshot::channel();
         let job = InsertJob {
             verdict,
@@ -149,19 +143,7 @@ impl VerdictStore for PostgresStore {
 
     async fn list(&self, query: &VerdictQuery) -> Result<Vec<StoredVerdict>, StoreError> {
         let (text, params) = query.to_sql(Dialect::Postgres);
-        let values: Vec<Box<dyn ToSql + Sync + Send>> = params
-            .into_iter()
-            .map(|p| -> Box<dyn ToSql + Sync + Send> {
-                match p {
-                    Param::Int(i) => Box::new(i),
-                    Param::Text(s) => Box::new(s),
-                }
-            })
-            .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = values
-            .iter()
-            .map(|v| v.as_ref() as &(dyn ToSql + Sync))
-            .collect();
+        let refs = as_sql(&params);
         let client = self.client().await?;
         let statement = client.prepare_cached(&text).await.map_err(unavailable)?;
         let rows = client.query(&statement, &refs).await.map_err(unavailable)?;
@@ -183,6 +165,13 @@ impl VerdictStore for PostgresStore {
         row.map(|row| row.try_get(0).map_err(corrupt)).transpose()
     }
 
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.cursor.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreUpkeep for PostgresStore {
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let client = self.client().await?;
         let mut pairs = Vec::new();
@@ -229,7 +218,10 @@ impl VerdictStore for PostgresStore {
         tx.commit().await.map_err(unavailable)?;
         Ok(pruned)
     }
+}
 
+#[async_trait::async_trait]
+impl ConsumerLedger for PostgresStore {
     async fn consumer_cursor(&self, name: &str) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let row = client
@@ -266,10 +258,6 @@ impl VerdictStore for PostgresStore {
             .await
             .map(|changed| changed == 1)
             .map_err(unavailable)
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.cursor.clone()
     }
 }
 
@@ -325,44 +313,20 @@ async fn insert_group(
         .await
         .map_err(unavailable)?
         .get(0);
-    let insert = format!(
-        "INSERT INTO verdicts ({}, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-         ON CONFLICT (station_id, inspection_id) DO NOTHING RETURNING seq",
-        sql::INSERT_COLUMNS
-    );
-    let statement = tx.prepare_cached(&insert).await.map_err(unavailable)?;
+    let statement = tx
+        .prepare_cached(&sql::insert_verdict(Dialect::Postgres, true))
+        .await
+        .map_err(unavailable)?;
     let first = last;
     let mut results = Vec::with_capacity(group.len());
     for job in group {
         let (verdict, v) = (&job.verdict, &job.verdict.verdict);
         let seq = last + 1;
         let stored_at_ms = now_ms();
+        let mut params = sql::insert_params(verdict, &job.json, stored_at_ms);
+        params.push(Param::Int(seq));
         let inserted = tx
-            .query_opt(
-                &statement,
-                &[
-                    &v.station_id,
-                    &v.inspection_id,
-                    &verdict.field("line"),
-                    &verdict.field("lot_id"),
-                    &verdict.panel_id(),
-                    &verdict.field("unit_position"),
-                    &verdict.field("recipe"),
-                    &v.label,
-                    &v.is_defect,
-                    &f64::from(v.confidence),
-                    &v.model,
-                    &to_i64(v.model_version),
-                    &verdict.image_sha256,
-                    &verdict.note,
-                    &v.received_at.timestamp_millis(),
-                    &stored_at_ms,
-                    &job.json,
-                    &to_i64((job.json.len() + verdict.note.len()) as u64),
-                    &seq,
-                ],
-            )
+            .query_opt(&statement, &as_sql(&params))
             .await
             .map_err(unavailable)?;
         if inserted.is_none() {
@@ -385,14 +349,9 @@ async fn insert_group(
             .await
             .map_err(unavailable)?;
         }
-        results.push(Inserted::New(StoredVerdict {
-            cursor: seq.unsigned_abs(),
-            stored_at: from_ms(stored_at_ms),
-            image_sha256: verdict.image_sha256.clone(),
-            note: verdict.note.clone(),
-            image_retained: verdict.image.is_some(),
-            verdict: v.clone(),
-        }));
+        results.push(Inserted::New(
+            verdict.stored(seq.unsigned_abs(), stored_at_ms),
+        ));
     }
     if last > first {
         tx.execute("UPDATE verdict_cursor SET last = $1", &[&last])
@@ -403,7 +362,7 @@ async fn insert_group(
             .map_err(unavailable)?;
     }
     tx.commit().await.map_err(unavailable)?;
-    advance(cursor, last);
+    advance(cursor, last.unsigned_abs());
     Ok(results)
 }
 
@@ -508,13 +467,13 @@ async fn listen_once(
             .batch_execute(&format!("LISTEN {quoted}"))
             .await
             .map_err(unavailable)?;
-        advance(cursor, to_i64(last_cursor(pool).await?));
+        advance(cursor, last_cursor(pool).await?);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 message = messages.recv() => match message {
                     Some(AsyncMessage::Notification(note)) => {
-                        if let Ok(seq) = note.payload().parse::<i64>() {
+                        if let Ok(seq) = note.payload().parse::<u64>() {
                             advance(cursor, seq);
                         }
                     }
@@ -527,18 +486,6 @@ async fn listen_once(
     .await;
     driver.abort();
     result
-}
-
-/// Raises the known cursor; never lowers it.
-fn advance(cursor: &watch::Sender<u64>, seq: i64) {
-    let seq = seq.unsigned_abs();
-    cursor.send_if_modified(|known| {
-        let newer = seq > *known;
-        if newer {
-            *known = seq;
-        }
-        newer
-    });
 }
 
 /// The notification channel of one schema (channel names are at most 63 bytes).
@@ -575,6 +522,34 @@ fn raw_row(row: &Row) -> Result<RawRow, StoreError> {
         row.try_get(4).map_err(corrupt)?,
         row.try_get(5).map_err(corrupt)?,
     ))
+}
+
+/// Parameters as the driver takes them.
+fn as_sql<'a>(params: &'a [Param<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Param::Int(i) => i.to_sql_checked(ty, out),
+            Param::Float(f) => f.to_sql_checked(ty, out),
+            Param::Bool(b) => b.to_sql_checked(ty, out),
+            Param::Text(text) => text.as_ref().to_sql_checked(ty, out),
+            Param::MaybeText(text) => text.to_sql_checked(ty, out),
+        }
+    }
+
+    /// Each variant checks its own type in `to_sql`.
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
 }
 
 fn unavailable(error: tokio_postgres::Error) -> StoreError {

@@ -1,5 +1,10 @@
-//! The MES read: verdicts after a cursor, filtered, in cursor order; written once as SQL for
-//! both backends (they differ only in how parameters are numbered).
+//! Which verdicts a reader wants, and the two ways a backend answers it: as SQL (both SQL
+//! backends share one text; they differ only in how parameters are numbered) or as a test on a
+//! verdict held in memory. Both are written here, side by side, so they cannot drift apart.
+
+use std::borrow::Cow;
+
+use super::record::StoredVerdict;
 
 /// Which verdicts to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,13 +30,20 @@ pub struct VerdictQuery {
 /// Most verdicts one read returns.
 pub const MAX_LIMIT: usize = 1000;
 
-/// A query parameter, typed so each backend binds it natively.
+/// A statement parameter, typed so each backend binds it natively (see the `ToSql` impls in
+/// the backends).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Param {
-    /// An integer.
+pub enum Param<'a> {
+    /// A 64-bit integer.
     Int(i64),
-    /// A string.
-    Text(String),
+    /// A double.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// Text.
+    Text(Cow<'a, str>),
+    /// Text or NULL.
+    MaybeText(Option<&'a str>),
 }
 
 /// How a backend writes the n-th (1-based) parameter.
@@ -43,47 +55,74 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// The placeholder of the n-th parameter.
+    pub fn mark(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+}
+
 /// The columns every read selects, in the order the backends decode them.
 pub const COLUMNS: &str = "v.seq, v.stored_at_ms, v.image_sha256, v.note, v.verdict, \
      EXISTS (SELECT 1 FROM retained_images r WHERE r.seq = v.seq)";
 
 impl VerdictQuery {
-    /// The SQL and its parameters.
-    pub fn to_sql(&self, dialect: Dialect) -> (String, Vec<Param>) {
-        let mut params = vec![Param::Int(i64::try_from(self.after).unwrap_or(i64::MAX))];
-        let mut sql = format!(
-            "SELECT {COLUMNS} FROM verdicts v WHERE v.seq > {}",
-            mark(dialect, 1)
-        );
-        let filters = [
+    /// The metadata-backed filters with the column each one reads.
+    fn text_filters(&self) -> [(&'static str, &Option<String>); 5] {
+        [
             ("station_id", &self.station),
             ("line", &self.line),
             ("lot_id", &self.lot),
             ("label", &self.label),
             ("model", &self.model),
-        ];
-        for (column, value) in filters {
+        ]
+    }
+
+    /// The limit actually applied: at least 1, at most [`MAX_LIMIT`].
+    pub fn effective_limit(&self) -> usize {
+        self.limit.clamp(1, MAX_LIMIT)
+    }
+
+    /// The SQL and its parameters.
+    pub fn to_sql(&self, dialect: Dialect) -> (String, Vec<Param<'static>>) {
+        let mut params = vec![Param::Int(super::to_sql_int(self.after))];
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM verdicts v WHERE v.seq > {}",
+            dialect.mark(1)
+        );
+        for (column, value) in self.text_filters() {
             if let Some(value) = value {
-                params.push(Param::Text(value.clone()));
-                sql.push_str(&format!(
-                    " AND v.{column} = {}",
-                    mark(dialect, params.len())
-                ));
+                params.push(Param::Text(Cow::Owned(value.clone())));
+                sql.push_str(&format!(" AND v.{column} = {}", dialect.mark(params.len())));
             }
         }
         if self.defect_only {
             sql.push_str(" AND v.is_defect");
         }
-        let limit = self.limit.clamp(1, MAX_LIMIT);
-        sql.push_str(&format!(" ORDER BY v.seq LIMIT {limit}"));
+        sql.push_str(&format!(" ORDER BY v.seq LIMIT {}", self.effective_limit()));
         (sql, params)
     }
-}
 
-fn mark(dialect: Dialect, n: usize) -> String {
-    match dialect {
-        Dialect::Sqlite => format!("?{n}"),
-        Dialect::Postgres => format!("${n}"),
+    /// Whether a stored verdict passes the filters (the cursor and limit aside): the same test
+    /// as [`VerdictQuery::to_sql`]'s `WHERE`, for verdicts held in memory.
+    pub fn matches(&self, stored: &StoredVerdict) -> bool {
+        let verdict = &stored.verdict;
+        let field = |column: &str| -> Option<&str> {
+            match column {
+                "station_id" => Some(&verdict.station_id),
+                "label" => Some(&verdict.label),
+                "model" => Some(&verdict.model),
+                key => verdict.metadata.get(key).map(String::as_str),
+            }
+        };
+        (!self.defect_only || verdict.is_defect)
+            && self
+                .text_filters()
+                .iter()
+                .all(|(column, wanted)| wanted.as_deref().is_none_or(|w| field(column) == Some(w)))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::verdict::Verdict;
 /// A verdict about to be stored.
 #[derive(Debug, Clone)]
 pub struct NewVerdict {
-    /// The verdict, without its heat map (a rendering, not a record).
+    /// The verdict as the station receives it.
     pub verdict: Verdict,
     /// The note sent with the image.
     pub note: String,
@@ -23,19 +23,7 @@ pub struct NewVerdict {
 }
 
 impl NewVerdict {
-    /// Builds the record of a verdict; `image` is kept only when `retain_image` says so.
-    pub fn new(verdict: &Verdict, note: &str, image: &Bytes, retain_image: bool) -> NewVerdict {
-        let mut verdict = verdict.clone();
-        verdict.heatmap_png = None;
-        NewVerdict {
-            verdict,
-            note: note.to_string(),
-            image_sha256: sha256_hex(image),
-            image: retain_image.then(|| image.clone()),
-        }
-    }
-
-    /// The verdict as JSON, the form every backend stores.
+    /// The verdict as JSON, the form every SQL backend stores.
     pub fn verdict_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(&self.verdict)
     }
@@ -50,6 +38,18 @@ impl NewVerdict {
         ["panel_id", "strip_id", "panel", "strip"]
             .iter()
             .find_map(|key| self.field(key))
+    }
+
+    /// The record every read serves, once this verdict is stored under `cursor`.
+    pub fn stored(&self, cursor: u64, stored_at_ms: i64) -> StoredVerdict {
+        StoredVerdict {
+            cursor,
+            stored_at: from_ms(stored_at_ms),
+            image_sha256: self.image_sha256.clone(),
+            note: self.note.clone(),
+            image_retained: self.image.is_some(),
+            verdict: self.verdict.clone(),
+        }
     }
 }
 

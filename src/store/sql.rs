@@ -1,13 +1,76 @@
 //! Statements both backends run unchanged, written with PostgreSQL's `$n` parameters; the
 //! SQLite backend binds them as `?n` (see [`for_sqlite`]), so one behaviour has one text.
 
-use super::query::COLUMNS;
+use std::borrow::Cow;
 
-/// Inserts a verdict unless its key exists; returns the new cursor only when it inserted.
-/// SQLite assigns `seq` itself; PostgreSQL passes it as `$19` (see the PostgreSQL backend).
-pub const INSERT_COLUMNS: &str = "station_id, inspection_id, line, lot_id, panel_id, \
-     unit_position, recipe, label, is_defect, confidence, model, model_version, image_sha256, \
-     note, received_at_ms, stored_at_ms, verdict, bytes";
+use super::query::{COLUMNS, Dialect, Param};
+use super::record::NewVerdict;
+use super::to_sql_int;
+
+/// The columns of a verdict row besides `seq`, in the order of [`insert_params`].
+const INSERT_COLUMNS: [&str; 18] = [
+    "station_id",
+    "inspection_id",
+    "line",
+    "lot_id",
+    "panel_id",
+    "unit_position",
+    "recipe",
+    "label",
+    "is_defect",
+    "confidence",
+    "model",
+    "model_version",
+    "image_sha256",
+    "note",
+    "received_at_ms",
+    "stored_at_ms",
+    "verdict",
+    "bytes",
+];
+
+/// Inserts a verdict unless its key exists; returns `seq` only when it inserted. SQLite
+/// assigns `seq` itself; PostgreSQL passes it as one more parameter (`with_seq`), see the
+/// PostgreSQL backend for why.
+pub fn insert_verdict(dialect: Dialect, with_seq: bool) -> String {
+    let mut columns = INSERT_COLUMNS.to_vec();
+    if with_seq {
+        columns.push("seq");
+    }
+    let marks: Vec<String> = (1..=columns.len()).map(|n| dialect.mark(n)).collect();
+    format!(
+        "INSERT INTO verdicts ({}) VALUES ({}) \
+         ON CONFLICT (station_id, inspection_id) DO NOTHING RETURNING seq",
+        columns.join(", "),
+        marks.join(", ")
+    )
+}
+
+/// The values of [`insert_verdict`]'s columns for one verdict (`json` is its stored form).
+pub fn insert_params<'a>(new: &'a NewVerdict, json: &'a str, stored_at_ms: i64) -> Vec<Param<'a>> {
+    let v = &new.verdict;
+    let bytes = (json.len() + new.note.len()) as u64;
+    vec![
+        Param::Text(Cow::Borrowed(&v.station_id)),
+        Param::Text(Cow::Borrowed(&v.inspection_id)),
+        Param::MaybeText(new.field("line")),
+        Param::MaybeText(new.field("lot_id")),
+        Param::MaybeText(new.panel_id()),
+        Param::MaybeText(new.field("unit_position")),
+        Param::MaybeText(new.field("recipe")),
+        Param::Text(Cow::Borrowed(&v.label)),
+        Param::Bool(v.is_defect),
+        Param::Float(f64::from(v.confidence)),
+        Param::Text(Cow::Borrowed(&v.model)),
+        Param::Int(to_sql_int(v.model_version)),
+        Param::Text(Cow::Borrowed(&new.image_sha256)),
+        Param::Text(Cow::Borrowed(&new.note)),
+        Param::Int(v.received_at.timestamp_millis()),
+        Param::Int(stored_at_ms),
+        Param::Text(Cow::Borrowed(json)),
+        Param::Int(to_sql_int(bytes)),
+    ]
+}
 
 /// Keeps one image with its verdict.
 pub const INSERT_IMAGE: &str =

@@ -15,16 +15,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::types::Value;
+use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::migrations::{self, CREATE_TABLE};
 use super::query::{Dialect, Param};
-use super::record::{RawRow, decode, from_ms, now_ms};
+use super::record::{RawRow, decode, now_ms};
 use super::retention::{Pruned, RetentionPolicy};
 use super::sql::{self, for_sqlite};
-use super::{Inserted, NewVerdict, StoreError, StoreStats, StoredVerdict, VerdictQuery};
+use super::{
+    ConsumerLedger, Inserted, NewVerdict, StoreError, StoreStats, StoreUpkeep, StoredVerdict,
+    VerdictQuery, VerdictStore, advance, to_sql_int as to_i64,
+};
 
 /// Most jobs committed in one transaction.
 const GROUP: usize = 256;
@@ -109,7 +112,7 @@ impl SqliteStore {
 }
 
 #[async_trait::async_trait]
-impl super::VerdictStore for SqliteStore {
+impl VerdictStore for SqliteStore {
     async fn insert(&self, verdict: NewVerdict) -> Result<Inserted, StoreError> {
         let json = verdict
             .verdict_json()
@@ -129,13 +132,9 @@ impl super::VerdictStore for SqliteStore {
     async fn list(&self, query: &VerdictQuery) -> Result<Vec<StoredVerdict>, StoreError> {
         let (text, params) = query.to_sql(Dialect::Sqlite);
         self.read(move |conn| {
-            let values = params.into_iter().map(|p| match p {
-                Param::Int(i) => Value::Integer(i),
-                Param::Text(s) => Value::Text(s),
-            });
             let mut statement = conn.prepare_cached(&text).map_err(unavailable)?;
             let rows = statement
-                .query_map(params_from_iter(values), raw_row)
+                .query_map(params_from_iter(params), raw_row)
                 .map_err(unavailable)?;
             rows.map(|row| row.map_err(unavailable).and_then(decode))
                 .collect()
@@ -161,6 +160,13 @@ impl super::VerdictStore for SqliteStore {
         .await
     }
 
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.cursor.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreUpkeep for SqliteStore {
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(|conn| {
             let pair = |text: &str| {
@@ -185,7 +191,10 @@ impl super::VerdictStore for SqliteStore {
         let policy = *policy;
         self.write(move |conn| prune(conn, &policy, now_ms)).await
     }
+}
 
+#[async_trait::async_trait]
+impl ConsumerLedger for SqliteStore {
     async fn consumer_cursor(&self, name: &str) -> Result<u64, StoreError> {
         let name = name.to_string();
         self.read(move |conn| {
@@ -234,10 +243,6 @@ impl super::VerdictStore for SqliteStore {
             .map_err(unavailable)
         })
         .await
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.cursor.clone()
     }
 }
 
@@ -333,14 +338,7 @@ fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>, cursor: watch::Se
                 row.get::<_, i64>(0)
             })
         {
-            cursor.send_if_modified(|known| {
-                let last = last.unsigned_abs();
-                let newer = last > *known;
-                if newer {
-                    *known = last;
-                }
-                newer
-            });
+            advance(&cursor, last.unsigned_abs());
         }
         for deliver in deliveries {
             deliver(committed.clone());
@@ -367,38 +365,12 @@ fn in_savepoint<T>(
 fn insert(conn: &Connection, verdict: &NewVerdict, json: String) -> Result<Inserted, StoreError> {
     let v = &verdict.verdict;
     let stored_at_ms = now_ms();
-    let bytes = to_i64((json.len() + verdict.note.len()) as u64);
-    let text = format!(
-        "INSERT INTO verdicts ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18) ON CONFLICT (station_id, inspection_id) DO NOTHING \
-         RETURNING seq",
-        sql::INSERT_COLUMNS
-    );
     let seq: Option<i64> = conn
-        .prepare_cached(&text)
+        .prepare_cached(&sql::insert_verdict(Dialect::Sqlite, false))
         .and_then(|mut statement| {
             statement
                 .query_row(
-                    params![
-                        v.station_id,
-                        v.inspection_id,
-                        verdict.field("line"),
-                        verdict.field("lot_id"),
-                        verdict.panel_id(),
-                        verdict.field("unit_position"),
-                        verdict.field("recipe"),
-                        v.label,
-                        v.is_defect,
-                        f64::from(v.confidence),
-                        v.model,
-                        to_i64(v.model_version),
-                        verdict.image_sha256,
-                        verdict.note,
-                        v.received_at.timestamp_millis(),
-                        stored_at_ms,
-                        json,
-                        bytes,
-                    ],
+                    params_from_iter(sql::insert_params(verdict, &json, stored_at_ms)),
                     |row| row.get(0),
                 )
                 .optional()
@@ -417,14 +389,9 @@ fn insert(conn: &Connection, verdict: &NewVerdict, json: String) -> Result<Inser
         )
         .map_err(unavailable)?;
     }
-    Ok(Inserted::New(StoredVerdict {
-        cursor: seq.unsigned_abs(),
-        stored_at: from_ms(stored_at_ms),
-        image_sha256: verdict.image_sha256.clone(),
-        note: verdict.note.clone(),
-        image_retained: verdict.image.is_some(),
-        verdict: verdict.verdict.clone(),
-    }))
+    Ok(Inserted::New(
+        verdict.stored(seq.unsigned_abs(), stored_at_ms),
+    ))
 }
 
 fn prune(conn: &Connection, policy: &RetentionPolicy, now_ms: i64) -> Result<Pruned, StoreError> {
@@ -516,7 +483,14 @@ fn writer_gone() -> StoreError {
     StoreError::Unavailable("the SQLite writer thread stopped".into())
 }
 
-/// Cursors, sizes and versions are u64 in Rust and signed 64-bit in SQL.
-pub(crate) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            Param::Int(i) => i.to_sql(),
+            Param::Float(f) => f.to_sql(),
+            Param::Bool(b) => b.to_sql(),
+            Param::Text(text) => text.as_ref().to_sql(),
+            Param::MaybeText(text) => text.to_sql(),
+        }
+    }
 }

@@ -1,19 +1,18 @@
-//! Background upkeep of the store: the retention sweep on its schedule, and the store's and the
-//! MQTT publisher's gauges.
+//! Background upkeep of the store: the retention sweep on its schedule, and the store's gauges
+//! (rows, bytes, the committed cursor, and the MQTT backlog when the publisher runs).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::SharedStore;
 use super::record::now_ms;
 use super::retention::RetentionPolicy;
+use super::{ConsumerLedger, Store};
 use crate::metrics::{Metrics, PrunedLabels};
-use crate::publish::mqtt::{self, PublisherStats};
+use crate::publish::mqtt;
 
-/// How often the cursor and MQTT gauges are refreshed.
+/// How often the cursor gauge is refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// How often rows and bytes are counted (a full count, so not at every scrape).
 const STATS_EVERY: Duration = Duration::from_secs(15);
@@ -21,15 +20,15 @@ const STATS_EVERY: Duration = Duration::from_secs(15);
 /// What the upkeep task looks after.
 pub struct Upkeep {
     /// The store.
-    pub store: SharedStore,
+    pub store: Store,
     /// What retention deletes.
     pub policy: RetentionPolicy,
     /// How often retention runs (the first sweep runs at start).
     pub prune_every: Duration,
     /// Where the gauges go.
     pub metrics: Arc<Metrics>,
-    /// The MQTT publisher's progress, when it runs.
-    pub mqtt: Option<Arc<PublisherStats>>,
+    /// The MQTT publisher's ledger, when it runs: its backlog is a store gauge.
+    pub mqtt: Option<Arc<dyn ConsumerLedger>>,
 }
 
 impl Upkeep {
@@ -41,11 +40,10 @@ impl Upkeep {
         for ticks in [&mut gauges, &mut stats, &mut prune] {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        let mut published = 0;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = gauges.tick() => self.refresh_gauges(&mut published),
+                _ = gauges.tick() => self.refresh_cursor(),
                 _ = stats.tick() => self.count().await,
                 _ = prune.tick() => {
                     self.sweep().await;
@@ -55,25 +53,15 @@ impl Upkeep {
         }
     }
 
-    fn refresh_gauges(&self, published: &mut u64) {
-        let cursor = *self.store.subscribe().borrow();
+    fn refresh_cursor(&self) {
+        let cursor = *self.store.verdicts.subscribe().borrow();
         self.metrics
             .store_cursor
             .set(i64::try_from(cursor).unwrap_or(i64::MAX));
-        if let Some(mqtt) = &self.mqtt {
-            let now = mqtt.published.load(Ordering::Relaxed);
-            self.metrics
-                .mqtt_published
-                .inc_by(now.saturating_sub(*published));
-            *published = now;
-            self.metrics
-                .mqtt_connected
-                .set(i64::from(mqtt.connected.load(Ordering::Relaxed)));
-        }
     }
 
     async fn count(&self) {
-        match self.store.stats().await {
+        match self.store.upkeep.stats().await {
             Ok(stats) => {
                 let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
                 self.metrics.store_rows.set(gauge(stats.rows));
@@ -82,10 +70,10 @@ impl Upkeep {
             }
             Err(error) => tracing::warn!(%error, "counting stored verdicts failed"),
         }
-        if self.mqtt.is_some() {
-            match self.store.consumer_cursor(mqtt::CONSUMER).await {
+        if let Some(ledger) = &self.mqtt {
+            match ledger.consumer_cursor(mqtt::CONSUMER).await {
                 Ok(done) => {
-                    let cursor = *self.store.subscribe().borrow();
+                    let cursor = *self.store.verdicts.subscribe().borrow();
                     let backlog = cursor.saturating_sub(done);
                     self.metrics
                         .mqtt_backlog
@@ -100,7 +88,7 @@ impl Upkeep {
         if self.policy.keeps_everything() {
             return;
         }
-        match self.store.prune(&self.policy, now_ms()).await {
+        match self.store.upkeep.prune(&self.policy, now_ms()).await {
             Ok(pruned) => {
                 for (kind, count) in [("verdicts", pruned.verdicts), ("images", pruned.images)] {
                     self.metrics

@@ -5,10 +5,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use kensa::store::{self, NewVerdict, SharedStore, StoreLocation};
+use kensa::store::{
+    self, ConsumerLedger, NewVerdict, SharedStore, Store, StoreLocation, StoreUpkeep,
+};
 use kensa::verdict::{AttentionMap, Timings, Verdict};
 
 /// The PostgreSQL server the tests use.
@@ -42,18 +45,17 @@ pub fn verdict(station: &str, inspection: &str, label: &str, metadata: &[(&str, 
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        heatmap_png: None,
     }
 }
 
 /// A record to insert: a verdict for `image`, the image kept when `retain`.
 pub fn record(verdict: &Verdict, image: &[u8], retain: bool) -> NewVerdict {
-    NewVerdict::new(
-        verdict,
-        "dia 59.1um",
-        &Bytes::copy_from_slice(image),
-        retain,
-    )
+    NewVerdict {
+        verdict: verdict.clone(),
+        note: "dia 59.1um".into(),
+        image_sha256: store::record::sha256_hex(image),
+        image: retain.then(|| Bytes::copy_from_slice(image)),
+    }
 }
 
 /// The simplest record: a normal verdict of one station.
@@ -67,16 +69,47 @@ pub fn simple(station: &str, inspection: &str) -> NewVerdict {
 
 /// A store of one backend, removed when dropped.
 pub struct Fixture {
+    /// Verdict reads and writes.
     pub store: SharedStore,
+    /// Stats and retention.
+    pub upkeep: Arc<dyn StoreUpkeep>,
+    /// Consumer cursors and leases (the durable backends only).
+    pub ledger: Option<Arc<dyn ConsumerLedger>>,
     pub location: StoreLocation,
     _dir: Option<tempfile::TempDir>,
     schema: Option<String>,
 }
 
 impl Fixture {
+    fn new(
+        opened: Store,
+        location: StoreLocation,
+        dir: Option<tempfile::TempDir>,
+        schema: Option<String>,
+    ) -> Fixture {
+        Fixture {
+            store: opened.verdicts,
+            upkeep: opened.upkeep,
+            ledger: opened.consumers,
+            location,
+            _dir: dir,
+            schema,
+        }
+    }
+
     /// Opens another handle on the same database (a restart, or a second replica).
     pub async fn reopen(&self) -> SharedStore {
-        store::open(&self.location).await.expect("store reopens")
+        store::open(&self.location)
+            .await
+            .expect("store reopens")
+            .verdicts
+    }
+
+    /// The consumer ledger of a durable backend.
+    pub fn ledger(&self) -> &Arc<dyn ConsumerLedger> {
+        self.ledger
+            .as_ref()
+            .expect("a durable backend has a ledger")
     }
 }
 
@@ -84,12 +117,18 @@ impl Fixture {
 pub async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let location = StoreLocation::Sqlite(dir.path().join("verdicts.sqlite"));
-    Fixture {
-        store: store::open(&location).await.expect("SQLite store opens"),
-        location,
-        _dir: Some(dir),
-        schema: None,
-    }
+    let opened = store::open(&location).await.expect("SQLite store opens");
+    Fixture::new(opened, location, Some(dir), None)
+}
+
+/// A fresh in-memory store (`--store none`), large enough never to evict in a test.
+pub async fn memory() -> Fixture {
+    let location = StoreLocation::Memory {
+        rows: 10_000,
+        image_bytes: 1 << 30,
+    };
+    let opened = store::open(&location).await.expect("memory store opens");
+    Fixture::new(opened, location, None, None)
 }
 
 /// A fresh PostgreSQL store in a schema of its own.
@@ -100,14 +139,10 @@ pub async fn postgres() -> Fixture {
     let separator = if base.contains('?') { '&' } else { '?' };
     let location =
         StoreLocation::Postgres(format!("{base}{separator}options=-csearch_path%3D{schema}"));
-    Fixture {
-        store: store::open(&location)
-            .await
-            .expect("PostgreSQL store opens"),
-        location,
-        _dir: None,
-        schema: Some(schema),
-    }
+    let opened = store::open(&location)
+        .await
+        .expect("PostgreSQL store opens");
+    Fixture::new(opened, location, None, Some(schema))
 }
 
 async fn admin(statement: &str) {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::model::{self, EXTENSIONS, InferCall, InferOutcome, SERVER_NAME};
 use super::tensors::{InputTensor, TensorData};
-use crate::api::http::{AppState, read_body};
+use crate::api::state::{AppState, read_body};
 use crate::error::Error;
 
 /// Length of the JSON part of a request or response body that carries binary tensors.

@@ -230,11 +230,14 @@ pub async fn infer(inspector: &Inspector, call: InferCall) -> Result<InferOutcom
             .collect::<Result<_, _>>()?
     };
     let requests = inspections(&model, call.inputs)?;
-    let verdicts: Vec<Verdict> =
-        futures::future::join_all(requests.into_iter().map(|r| inspector.inspect(r)))
-            .await
+    let verdicts: Vec<Verdict> = futures::future::join_all(
+        requests
             .into_iter()
-            .collect::<Result<_, _>>()?;
+            .map(|r| async { inspector.inspect(r).await.map(|i| i.verdict) }),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()?;
     Ok(InferOutcome {
         model_name: model.name.clone(),
         model_version: model.version.to_string(),

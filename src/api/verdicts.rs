@@ -1,8 +1,6 @@
-//! The MES API over the verdict store: reads after a cursor (with filters and long-poll), one
-//! verdict by its key, its retained image, and Server-Sent Events from a cursor.
-//!
-//! Every read goes to the store in cursor (commit) order, so a consumer that keeps the last
-//! cursor it processed and resumes after it misses nothing and sees nothing twice.
+//! `/v1/verdicts`: the MES reads over HTTP, a thin adapter over [`crate::verdicts`]: reads after
+//! a cursor (with filters and long-poll), one verdict by its key, its retained image, and
+//! Server-Sent Events from a cursor.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -16,17 +14,12 @@ use axum::routing::get;
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 
-use super::http::AppState;
+use super::state::AppState;
 use crate::error::Error;
-use crate::store::follow::{follow, wait_for};
-use crate::store::{SharedStore, VerdictQuery};
+use crate::store::VerdictQuery;
+use crate::verdicts::Filters;
 
-/// Verdicts per read when the request names no limit.
-const DEFAULT_LIMIT: usize = 100;
-/// Longest long-poll.
-const MAX_WAIT: Duration = Duration::from_secs(60);
-
-/// The MES routes.
+/// The verdict routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/verdicts", get(list))
@@ -64,70 +57,50 @@ impl ReadOptions {
     }
 
     fn query(&self) -> VerdictQuery {
-        VerdictQuery {
-            after: self.since.unwrap_or(0),
-            limit: self.limit.unwrap_or(DEFAULT_LIMIT),
+        let filters = Filters {
             station: self.station.clone(),
             line: self.line.clone(),
             lot: self.lot.clone(),
             label: self.label.clone(),
             model: self.model.clone(),
             defect_only: self.defect_only,
-        }
+        };
+        filters.after(self.since.unwrap_or(0), self.limit)
     }
 
     fn wait(&self) -> Result<Duration, Error> {
         let Some(wait) = self.wait.as_deref() else {
             return Ok(Duration::ZERO);
         };
-        let parsed = match wait.parse::<u64>() {
-            Ok(seconds) => Duration::from_secs(seconds),
+        match wait.parse::<u64>() {
+            Ok(seconds) => Ok(Duration::from_secs(seconds)),
             Err(_) => humantime::parse_duration(wait).map_err(|e| {
                 Error::BadRequest(format!("wait must be like 30s or 500ms, not {wait:?}: {e}"))
-            })?,
-        };
-        Ok(parsed.min(MAX_WAIT))
+            }),
+        }
     }
-}
-
-fn store(state: &AppState) -> Result<&SharedStore, Error> {
-    state.inspector.store().ok_or(Error::Unavailable(
-        "the verdict store is off (kensa runs with --store none)",
-    ))
 }
 
 /// `GET /v1/verdicts`: `{"verdicts": [...], "next_cursor": N}`; pass `next_cursor` as `since`
 /// next time.
 async fn list(State(state): State<AppState>, uri: Uri) -> Result<Response, Error> {
-    let store = store(&state)?;
     let options = ReadOptions::parse(&uri)?;
-    let query = options.query();
-    let wait = options.wait()?;
-    let verdicts = if wait.is_zero() {
-        store.list(&query).await?
-    } else {
-        tokio::select! {
-            rows = wait_for(store, &query, wait) => rows?,
-            () = state.shutdown.cancelled() => Vec::new(),
-        }
-    };
-    let next_cursor = verdicts.last().map_or(query.after, |v| v.cursor);
-    Ok(axum::Json(serde_json::json!({
-        "verdicts": verdicts,
-        "next_cursor": next_cursor,
-    }))
-    .into_response())
+    let page = state
+        .verdicts
+        .page(&options.query(), options.wait()?)
+        .await?;
+    Ok(axum::Json(page).into_response())
 }
 
 /// `GET /v1/verdicts/stream`: Server-Sent Events, one `verdict` event per stored verdict with
 /// its cursor as the event id, from `since` (or the `Last-Event-ID` a reconnecting client
-/// sends). Ends when the server drains; the client reconnects with its last id.
+/// sends). Ends with an `error` event when the server drains; the client reconnects with its
+/// last id.
 async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Error> {
-    let store = store(&state)?.clone();
     let mut query = ReadOptions::parse(&uri)?.query();
     if let Some(last) = headers
         .get("last-event-id")
@@ -136,21 +109,19 @@ async fn stream(
     {
         query.after = last;
     }
-    let events = follow(store, query)
-        .map(|item| {
-            Ok(match item {
-                Ok(stored) => match Event::default()
-                    .id(stored.cursor.to_string())
-                    .event("verdict")
-                    .json_data(&stored)
-                {
-                    Ok(event) => event,
-                    Err(error) => Event::default().event("error").data(error.to_string()),
-                },
+    let events = state.verdicts.follow(query).map(|item| {
+        Ok(match item {
+            Ok(stored) => match Event::default()
+                .id(stored.cursor.to_string())
+                .event("verdict")
+                .json_data(&stored)
+            {
+                Ok(event) => event,
                 Err(error) => Event::default().event("error").data(error.to_string()),
-            })
+            },
+            Err(error) => Event::default().event("error").data(error.to_string()),
         })
-        .take_until(state.shutdown.clone().cancelled_owned());
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
@@ -159,13 +130,8 @@ async fn one(
     State(state): State<AppState>,
     Path((station_id, inspection_id)): Path<(String, String)>,
 ) -> Result<Response, Error> {
-    match store(&state)?.get(&station_id, &inspection_id).await? {
-        Some(stored) => Ok(axum::Json(stored).into_response()),
-        None => Err(Error::VerdictNotFound {
-            station_id,
-            inspection_id,
-        }),
-    }
+    let stored = state.verdicts.get(&station_id, &inspection_id).await?;
+    Ok(axum::Json(stored).into_response())
 }
 
 /// `GET /v1/verdicts/{station_id}/{inspection_id}/image`: the retained image (image retention).
@@ -173,19 +139,7 @@ async fn image(
     State(state): State<AppState>,
     Path((station_id, inspection_id)): Path<(String, String)>,
 ) -> Result<Response, Error> {
-    let store = store(&state)?;
-    let Some(bytes) = store.image(&station_id, &inspection_id).await? else {
-        if store.get(&station_id, &inspection_id).await?.is_none() {
-            return Err(Error::VerdictNotFound {
-                station_id,
-                inspection_id,
-            });
-        }
-        return Err(Error::ImageNotRetained {
-            station_id,
-            inspection_id,
-        });
-    };
+    let bytes = state.verdicts.image(&station_id, &inspection_id).await?;
     let mime = image::guess_format(&bytes).map_or("application/octet-stream", |f| f.to_mime_type());
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static(mime))],

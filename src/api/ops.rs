@@ -1,0 +1,94 @@
+//! The operator's routes: liveness, readiness, the loaded models and Prometheus metrics.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use super::state::AppState;
+use crate::model::manifest::Label;
+
+/// The ops routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Serialize)]
+struct ModelSummary<'a> {
+    name: &'a str,
+    versions: Vec<u64>,
+    labels: &'a [Label],
+    provider: String,
+    ready: bool,
+    max_batch_size: usize,
+    description: &'a str,
+    metrics: &'a serde_json::Value,
+}
+
+/// `GET /v1/models`: every model with its versions, labels and provider.
+async fn models(State(state): State<AppState>) -> Response {
+    let readiness = state.inspector.readiness();
+    let ready = readiness.is_ready();
+    let Some(repository) = readiness.models() else {
+        return axum::Json(serde_json::json!({ "models": [] })).into_response();
+    };
+    let mut summaries: Vec<ModelSummary<'_>> = Vec::new();
+    for model in repository.iter() {
+        if summaries.last().is_some_and(|s| s.name == model.name) {
+            summaries.pop();
+        }
+        summaries.push(ModelSummary {
+            name: &model.name,
+            versions: repository.versions(&model.name),
+            labels: &model.manifest.labels,
+            provider: model.provider.to_string(),
+            ready,
+            max_batch_size: model.queue.config().max_batch_size,
+            description: &model.manifest.description,
+            metrics: &model.manifest.metrics,
+        });
+    }
+    axum::Json(serde_json::json!({ "models": summaries })).into_response()
+}
+
+/// `GET /healthz`: the process is alive.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 once every model is warmed up, 503 before and while draining.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.inspector.readiness().is_ready() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(repository) = state.inspector.readiness().models() {
+        for model in repository.iter() {
+            state
+                .metrics
+                .queue_depth
+                .get_or_create(&model.labels())
+                .set(model.queue.depth() as i64);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

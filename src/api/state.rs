@@ -1,0 +1,58 @@
+//! What every HTTP handler shares, and reading a request body within its limit.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::header;
+
+use crate::error::Error;
+use crate::inspector::Inspector;
+use crate::metrics::Metrics;
+use crate::verdicts::Verdicts;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    /// The hallway: inspections.
+    pub inspector: Arc<Inspector>,
+    /// Stored verdicts, for readers.
+    pub verdicts: Verdicts,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Reads the whole body, refusing with 413 past `limit` without buffering more than that.
+pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = declared
+        && size > limit
+    {
+        return Err(Error::PayloadTooLarge {
+            what: "request body",
+            size,
+            limit,
+        });
+    }
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|error| {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Error::PayloadTooLarge {
+                    what: "request body",
+                    size: limit + 1,
+                    limit,
+                }
+            } else {
+                Error::BadRequest(format!("could not read the request body: {error}"))
+            }
+        })
+}
