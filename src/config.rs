@@ -67,8 +67,6 @@ pub enum Command {
     Check(CheckArgs),
     /// Inspect one image and note from the command line; print the verdict as JSON.
     Infer(InferArgs),
-    /// Drive a running server with real images and print throughput and latency.
-    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Where the models are and how they run.

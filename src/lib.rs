@@ -10,7 +10,6 @@
 
 pub mod api;
 pub mod batching;
-pub mod bench;
 pub mod config;
 pub mod error;
 pub mod heatmap;

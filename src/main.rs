@@ -1,4 +1,4 @@
-//! The `kensa` command: serve, check, infer, bench.
+//! The `kensa` command: serve, check, infer.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -65,7 +65,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args).await,
         Command::Check(args) => check(args).await,
         Command::Infer(args) => infer(args).await,
-        Command::Bench(args) => kensa::bench::run(*args).await,
     }
 }
 

@@ -278,6 +278,60 @@ async fn bad_input_gets_a_clear_4xx() {
     let response = server.inspect(&sample, &[("model", "no-such-model")]).await;
     assert_eq!(response.status(), 404);
 
+    // `curl -F file=@unit.png`: the wrong part name is named, with the parts that are read.
+    let response = server
+        .client
+        .post(server.url("/v1/inspections"))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("station_id", "aoi-07")
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(sample.image.clone()).file_name("unit.png"),
+                ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("\"file\"") && message.contains("named \"image\""),
+        "{message}"
+    );
+
+    for (method, path, status, code) in [
+        (
+            reqwest::Method::GET,
+            "/no/such/route",
+            404,
+            "route_not_found",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/inspections",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/models/kensa-demo/nope",
+            404,
+            "route_not_found",
+        ),
+    ] {
+        let response = server
+            .client
+            .request(method.clone(), server.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{method} {path}: JSON error body");
+    }
+
     let ok = server.inspect(&sample, &[]).await;
     assert_eq!(
         ok.status(),

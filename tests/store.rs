@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use kensa::store::follow::{follow, wait_for};
-use kensa::store::{Inserted, Pruned, RetentionPolicy, SharedStore, StoreError, VerdictQuery};
+use kensa::store::{
+    Inserted, Pruned, RetentionPolicy, SharedStore, StoreError, StoredVerdict, VerdictQuery,
+};
 use store_support::{Fixture, record, simple, verdict};
 
 /// Generates one `#[tokio::test]` per case for a backend.
@@ -68,6 +70,13 @@ suite!(postgres:
     follow_streams_what_is_stored_then_what_comes,
     another_replica_shares_keys_and_wakes_on_commits,
 );
+
+/// The stored verdict, whichever way it got there.
+fn stored(inserted: Inserted) -> StoredVerdict {
+    match inserted {
+        Inserted::New(stored) | Inserted::Existing(stored) => stored,
+    }
+}
 
 fn after(cursor: u64) -> VerdictQuery {
     VerdictQuery {
@@ -144,9 +153,9 @@ async fn concurrent_inserts_of_one_key_store_exactly_one(fx: &Fixture) {
         .filter(|r| matches!(r, Inserted::New(_)))
         .count();
     assert_eq!(new, 1, "{results:?}");
-    let winner = results[0].clone().into_stored();
+    let winner = stored(results[0].clone());
     for result in results {
-        assert_eq!(result.into_stored(), winner);
+        assert_eq!(stored(result), winner);
     }
     assert_eq!(fx.upkeep.stats().await.unwrap().rows, 1);
 }
@@ -268,12 +277,12 @@ async fn filters_select_station_line_lot_label_and_defects(fx: &Fixture) {
 async fn images_are_kept_only_when_asked(fx: &Fixture) {
     let kept = verdict("aoi-7", "kept", "void", &[]);
     let not = verdict("aoi-7", "not", "void", &[]);
-    let stored = fx
-        .store
-        .insert(record(&kept, b"png bytes", true))
-        .await
-        .unwrap()
-        .into_stored();
+    let stored = stored(
+        fx.store
+            .insert(record(&kept, b"png bytes", true))
+            .await
+            .unwrap(),
+    );
     assert!(stored.image_retained);
     fx.store
         .insert(record(&not, b"other", false))
@@ -353,12 +362,7 @@ async fn retention_deletes_by_age_rows_and_image_bytes(fx: &Fixture) {
     assert_eq!(fx.upkeep.stats().await.unwrap().rows, 0);
     assert_eq!(fx.upkeep.stats().await.unwrap().bytes, 0);
 
-    let next = fx
-        .store
-        .insert(simple("aoi-1", "after"))
-        .await
-        .unwrap()
-        .into_stored();
+    let next = stored(fx.store.insert(simple("aoi-1", "after")).await.unwrap());
     assert!(
         next.cursor > left.last().unwrap().cursor,
         "cursors are never reused"
@@ -417,23 +421,14 @@ async fn a_lease_has_one_holder_until_it_expires(fx: &Fixture) {
 }
 
 async fn reopening_keeps_verdicts_and_continues_cursors(fx: &Fixture) {
-    let first = fx
-        .store
-        .insert(simple("aoi-1", "a"))
-        .await
-        .unwrap()
-        .into_stored();
+    let first = stored(fx.store.insert(simple("aoi-1", "a")).await.unwrap());
     let reopened = fx.reopen().await;
     assert_eq!(
         reopened.get("aoi-1", "a").await.unwrap(),
         Some(first.clone())
     );
     assert_eq!(*reopened.subscribe().borrow(), first.cursor);
-    let second = reopened
-        .insert(simple("aoi-1", "b"))
-        .await
-        .unwrap()
-        .into_stored();
+    let second = stored(reopened.insert(simple("aoi-1", "b")).await.unwrap());
     assert!(second.cursor > first.cursor);
     assert_eq!(reopened.list(&after(0)).await.unwrap().len(), 2);
 }
@@ -500,12 +495,7 @@ async fn another_replica_shares_keys_and_wakes_on_commits(fx: &Fixture) {
     let other: SharedStore = fx.reopen().await;
     let mut changes = other.subscribe();
     changes.borrow_and_update();
-    let stored = fx
-        .store
-        .insert(simple("aoi-1", "k"))
-        .await
-        .unwrap()
-        .into_stored();
+    let stored = stored(fx.store.insert(simple("aoi-1", "k")).await.unwrap());
     tokio::time::timeout(Duration::from_secs(5), changes.changed())
         .await
         .expect("the other replica is notified")

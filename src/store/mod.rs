@@ -59,15 +59,6 @@ pub enum Inserted {
     Existing(StoredVerdict),
 }
 
-impl Inserted {
-    /// The stored verdict, whichever way it got there.
-    pub fn into_stored(self) -> StoredVerdict {
-        match self {
-            Inserted::New(stored) | Inserted::Existing(stored) => stored,
-        }
-    }
-}
-
 /// Rows and bytes held, for the `kensa_store_*` gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {

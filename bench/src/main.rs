@@ -1,5 +1,8 @@
-//! `kensa bench`: a load generator for a running server, and the bare ONNX Runtime ceiling of
-//! the same model, so the two can be compared in one run on one machine.
+//! `kensa-bench`: a load generator for a running kensa server, and the bare ONNX Runtime ceiling
+//! of the same model, so the two can be compared in one run on one machine.
+//!
+//! A program of its own (not a `kensa` subcommand), so the HTTP client and the load generator
+//! are not linked into the server.
 //!
 //! Phases: (1) bare batched throughput with no server; (2) closed-loop load at each
 //! concurrency level; (3) open-loop load at half the best throughput, for the latency target;
@@ -10,22 +13,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::Parser;
+use kensa::batching::{BatchInput, BatchRunner as _};
+use kensa::config::ModelArgs;
+use kensa::model::registry;
+use kensa::model::runtime::Runtime;
+use kensa::preprocess::image::{ImageLimits, prepare_image};
+use kensa::preprocess::text::pad_batch;
 use tokio::sync::Mutex;
 
-use crate::batching::{BatchInput, BatchRunner as _};
-use crate::config::ModelArgs;
-use crate::model::registry;
-use crate::model::runtime::Runtime;
-use crate::preprocess::image::{ImageLimits, prepare_image};
-use crate::preprocess::text::pad_batch;
-
-/// `kensa bench` options.
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+/// Drive a running kensa server with real images and print throughput and latency; optionally
+/// measure bare ONNX Runtime on the same model for comparison.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kensa-bench", version, max_term_width = 100)]
+struct BenchArgs {
     /// Base URL of the running server.
     #[arg(long, env = "KENSA_BENCH_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    url: String,
     /// Images to send: a folder (searched recursively for PNG/JPEG/BMP/TIFF), or a samples.jsonl
     /// with {"image", "note"} lines.
     #[arg(
@@ -33,7 +37,7 @@ pub struct BenchArgs {
         env = "KENSA_BENCH_IMAGES",
         default_value = "models/demo/fixtures/samples.jsonl"
     )]
-    pub images: PathBuf,
+    images: PathBuf,
     /// Comma-separated client concurrency levels for the closed-loop phase.
     #[arg(
         long,
@@ -41,24 +45,24 @@ pub struct BenchArgs {
         default_value = "1,2,4,8,16,32,64",
         value_delimiter = ','
     )]
-    pub concurrency: Vec<usize>,
+    concurrency: Vec<usize>,
     /// Length of each measured phase.
     #[arg(long, env = "KENSA_BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    duration: Duration,
     /// Unmeasured load before each phase.
     #[arg(long, env = "KENSA_BENCH_WARMUP", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
+    warmup: Duration,
     /// Also measure bare ONNX Runtime throughput of the model in --model-repository (run it
     /// while the server is idle: both share the CPU).
     #[arg(long, env = "KENSA_BENCH_BARE")]
-    pub bare: bool,
+    bare: bool,
     /// Run a soak at the highest concurrency for this long, sampling the server's memory.
     #[arg(long, env = "KENSA_BENCH_SOAK", value_parser = humantime::parse_duration)]
-    pub soak: Option<Duration>,
+    soak: Option<Duration>,
     /// Model and runtime for the bare measurement; give --max-queue-delay the server's value,
     /// it sets the latency target printed.
     #[command(flatten)]
-    pub model: ModelArgs,
+    model: ModelArgs,
 }
 
 /// One image and note to send.
@@ -92,11 +96,22 @@ impl Phase {
     }
 }
 
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kensa-bench: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs every phase and prints the figures.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let samples = Arc::new(load_samples(&args.images)?);
     println!(
-        "kensa bench: {} samples from {}",
+        "kensa-bench: {} samples from {}",
         samples.len(),
         args.images.display()
     );
