@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::registry::ModelRepository;
 use crate::model::runtime::Runtime;
 use crate::publish::mqtt;
-use crate::store::upkeep::Upkeep;
+use crate::store::upkeep::{OutboxConsumer, Upkeep};
 use crate::verdicts::Verdicts;
 
 /// A running server; tests start one in-process on an ephemeral port.
@@ -76,7 +76,10 @@ impl Server {
                     metrics: Arc::clone(&metrics),
                 };
                 mqtt::spawn(publisher, config, background.clone());
-                Some(Arc::clone(ledger))
+                Some(OutboxConsumer {
+                    ledger: Arc::clone(ledger),
+                    name: mqtt::CONSUMER,
+                })
             }
             (Some(_), None) => anyhow::bail!(
                 "--mqtt publishes from a durable verdict store; it cannot run with --store none"

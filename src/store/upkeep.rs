@@ -10,7 +10,6 @@ use super::record::now_ms;
 use super::retention::RetentionPolicy;
 use super::{ConsumerLedger, Store};
 use crate::metrics::{Metrics, PrunedLabels};
-use crate::publish::mqtt;
 
 /// How often the cursor gauge is refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
@@ -27,8 +26,16 @@ pub struct Upkeep {
     pub prune_every: Duration,
     /// Where the gauges go.
     pub metrics: Arc<Metrics>,
-    /// The MQTT publisher's ledger, when it runs: its backlog is a store gauge.
-    pub mqtt: Option<Arc<dyn ConsumerLedger>>,
+    /// The MQTT publisher, when it runs: its backlog is a store gauge.
+    pub mqtt: Option<OutboxConsumer>,
+}
+
+/// A consumer that reads the store as an outbox, named as in its ledger.
+pub struct OutboxConsumer {
+    /// Where it keeps its cursor.
+    pub ledger: Arc<dyn ConsumerLedger>,
+    /// Its name there.
+    pub name: &'static str,
 }
 
 impl Upkeep {
@@ -70,8 +77,8 @@ impl Upkeep {
             }
             Err(error) => tracing::warn!(%error, "counting stored verdicts failed"),
         }
-        if let Some(ledger) = &self.mqtt {
-            match ledger.consumer_cursor(mqtt::CONSUMER).await {
+        if let Some(consumer) = &self.mqtt {
+            match consumer.ledger.consumer_cursor(consumer.name).await {
                 Ok(done) => {
                     let cursor = *self.store.verdicts.subscribe().borrow();
                     let backlog = cursor.saturating_sub(done);
