@@ -14,46 +14,10 @@ use crate::error::Error;
 use crate::store::follow::{follow, wait_for};
 use crate::store::{SharedStore, StoredVerdict, VerdictQuery};
 
-/// Verdicts per read when the reader names no limit.
-pub const DEFAULT_LIMIT: usize = 100;
 /// Longest long-poll.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// What a reader filters on; an empty string means "any" (gRPC's unset strings, an empty
-/// query parameter).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filters {
-    /// Only this station's verdicts.
-    pub station: Option<String>,
-    /// Only this line's (the `line` metadata field).
-    pub line: Option<String>,
-    /// Only this lot's (the `lot_id` metadata field).
-    pub lot: Option<String>,
-    /// Only this predicted label.
-    pub label: Option<String>,
-    /// Only this model's.
-    pub model: Option<String>,
-    /// Only defects.
-    pub defect_only: bool,
-}
-
-impl Filters {
-    /// The store query for these filters, after `after`, at most `limit` (default
-    /// [`DEFAULT_LIMIT`]) per read.
-    pub fn after(self, after: u64, limit: Option<usize>) -> VerdictQuery {
-        let given = |value: Option<String>| value.filter(|v| !v.is_empty());
-        VerdictQuery {
-            after,
-            limit: limit.unwrap_or(DEFAULT_LIMIT),
-            station: given(self.station),
-            line: given(self.line),
-            lot: given(self.lot),
-            label: given(self.label),
-            model: given(self.model),
-            defect_only: self.defect_only,
-        }
-    }
-}
+pub use crate::store::Filters;
 
 /// One read: the verdicts and the cursor to pass next time.
 #[derive(Debug, Clone, serde::Serialize)]

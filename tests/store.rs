@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use kensa::store::follow::{follow, wait_for};
 use kensa::store::{
-    Inserted, Pruned, RetentionPolicy, SharedStore, StoreError, StoredVerdict, VerdictQuery,
+    Filters, Inserted, Pruned, RetentionPolicy, SharedStore, StoreError, StoredVerdict,
+    VerdictQuery,
 };
 use store_support::{Fixture, record, simple, verdict};
 
@@ -244,9 +245,9 @@ async fn filters_select_station_line_lot_label_and_defects(fx: &Fixture) {
         }
     };
     let base = after(0);
-    let q = |f: fn(&mut VerdictQuery)| {
+    let q = |f: fn(&mut Filters)| {
         let mut query = base.clone();
-        f(&mut query);
+        f(&mut query.filters);
         query
     };
     assert_eq!(
@@ -271,7 +272,11 @@ async fn filters_select_station_line_lot_label_and_defects(fx: &Fixture) {
         .await,
         ["c", "e"]
     );
-    assert_eq!(ids(q(|q| q.limit = 2)).await, ["a", "b"]);
+    let two = VerdictQuery {
+        limit: 2,
+        ..base.clone()
+    };
+    assert_eq!(ids(two).await, ["a", "b"]);
 }
 
 async fn images_are_kept_only_when_asked(fx: &Fixture) {

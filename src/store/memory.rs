@@ -317,11 +317,11 @@ mod tests {
             .insert(record("b", "2", "L2", Some(b"def")))
             .await
             .unwrap();
-        let line = VerdictQuery {
+        let line = crate::store::Filters {
             line: Some("L2".into()),
-            limit: 10,
-            ..VerdictQuery::default()
-        };
+            ..Default::default()
+        }
+        .after(0, Some(10));
         let found = store.list(&line).await.unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].verdict.station_id, "b");

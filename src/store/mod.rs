@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use query::VerdictQuery;
+pub use query::{Filters, VerdictQuery};
 pub use record::{NewVerdict, StoredVerdict};
 pub use retention::{Pruned, RetentionPolicy};
 

@@ -6,14 +6,21 @@ use std::borrow::Cow;
 
 use super::record::StoredVerdict;
 
-/// Which verdicts to read.
+/// Which verdicts to read: after a cursor, at most a limit, through the filters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerdictQuery {
     /// Only verdicts with a cursor above this one (0: from the start).
     pub after: u64,
     /// At most this many.
     pub limit: usize,
-    /// Only this station's.
+    /// Which verdicts count.
+    pub filters: Filters,
+}
+
+/// What a reader filters on (every read path offers the same ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Only this station's verdicts.
     pub station: Option<String>,
     /// Only this line's (the `line` metadata field).
     pub line: Option<String>,
@@ -29,6 +36,28 @@ pub struct VerdictQuery {
 
 /// Most verdicts one read returns.
 pub const MAX_LIMIT: usize = 1000;
+/// Verdicts per read when the reader names no limit.
+pub const DEFAULT_LIMIT: usize = 100;
+
+impl Filters {
+    /// The query for these filters after `after`, at most `limit` (default [`DEFAULT_LIMIT`])
+    /// per read. An empty string means "any" (gRPC's unset strings, an empty query parameter).
+    pub fn after(self, after: u64, limit: Option<usize>) -> VerdictQuery {
+        let given = |value: Option<String>| value.filter(|v| !v.is_empty());
+        VerdictQuery {
+            after,
+            limit: limit.unwrap_or(DEFAULT_LIMIT),
+            filters: Filters {
+                station: given(self.station),
+                line: given(self.line),
+                lot: given(self.lot),
+                label: given(self.label),
+                model: given(self.model),
+                defect_only: self.defect_only,
+            },
+        }
+    }
+}
 
 /// A statement parameter, typed so each backend binds it natively (see the `ToSql` impls in
 /// the backends).
@@ -72,12 +101,13 @@ pub const COLUMNS: &str = "v.seq, v.stored_at_ms, v.image_sha256, v.note, v.verd
 impl VerdictQuery {
     /// The metadata-backed filters with the column each one reads.
     fn text_filters(&self) -> [(&'static str, &Option<String>); 5] {
+        let f = &self.filters;
         [
-            ("station_id", &self.station),
-            ("line", &self.line),
-            ("lot_id", &self.lot),
-            ("label", &self.label),
-            ("model", &self.model),
+            ("station_id", &f.station),
+            ("line", &f.line),
+            ("lot_id", &f.lot),
+            ("label", &f.label),
+            ("model", &f.model),
         ]
     }
 
@@ -99,7 +129,7 @@ impl VerdictQuery {
                 sql.push_str(&format!(" AND v.{column} = {}", dialect.mark(params.len())));
             }
         }
-        if self.defect_only {
+        if self.filters.defect_only {
             sql.push_str(" AND v.is_defect");
         }
         sql.push_str(&format!(" ORDER BY v.seq LIMIT {}", self.effective_limit()));
@@ -118,7 +148,7 @@ impl VerdictQuery {
                 key => verdict.metadata.get(key).map(String::as_str),
             }
         };
-        (!self.defect_only || verdict.is_defect)
+        (!self.filters.defect_only || verdict.is_defect)
             && self
                 .text_filters()
                 .iter()
@@ -132,14 +162,14 @@ mod tests {
 
     #[test]
     fn filters_become_numbered_parameters() {
-        let query = VerdictQuery {
-            after: 7,
-            limit: 5000,
+        let filters = Filters {
             line: Some("L3".into()),
             label: Some("void".into()),
+            station: Some(String::new()),
             defect_only: true,
-            ..VerdictQuery::default()
+            ..Filters::default()
         };
+        let query = filters.after(7, Some(5000));
         let (sql, params) = query.to_sql(Dialect::Postgres);
         assert!(sql.contains("v.seq > $1 AND v.line = $2 AND v.label = $3 AND v.is_defect"));
         assert!(sql.ends_with("ORDER BY v.seq LIMIT 1000"), "{sql}");
