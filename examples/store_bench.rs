@@ -97,6 +97,8 @@ fn record(station: &str, inspection: &str) -> NewVerdict {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
+        disposition: None,
+        decision: None,
     };
     NewVerdict {
         verdict,

@@ -2,7 +2,9 @@
 //! TOML file.
 //!
 //! Precedence, highest first: flag, environment variable, `--config` file, built-in default.
-//! The file's keys are the long flag names (`http-port = 8080`, `max-queue-delay = "5ms"`).
+//! The file's keys are the long flag names (`http-port = 8080`, `max-queue-delay = "5ms"`);
+//! its `[[thresholds]]` tables override models' decision thresholds per station or line
+//! (structured settings that no flag could carry).
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::decision::ThresholdOverride;
 use crate::inspector::Limits;
 use crate::model::registry::LoadOptions;
 use crate::model::runtime::RuntimeOptions;
@@ -98,6 +101,9 @@ pub struct ModelArgs {
     /// Full-size batches run through each session set before the model reports ready.
     #[arg(long, env = "KENSA_WARMUP_BATCHES", default_value_t = 2)]
     pub warmup_batches: usize,
+    /// Decision threshold overrides, from the `--config` file's `[[thresholds]]` tables.
+    #[arg(skip)]
+    pub thresholds: Vec<ThresholdOverride>,
 }
 
 impl ModelArgs {
@@ -109,6 +115,7 @@ impl ModelArgs {
             queue_capacity: self.queue_capacity,
             max_delay: self.max_queue_delay,
             warmup_batches: self.warmup_batches,
+            thresholds: self.thresholds.clone(),
         }
     }
 }
@@ -360,16 +367,57 @@ impl ServeArgs {
 
 /// Parses the command line, filling unset flags from the `--config` file.
 pub fn parse() -> anyhow::Result<Cli> {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    let args = with_config_file(args)?;
-    Ok(Cli::parse_from(args))
+    parse_from(std::env::args_os().collect())
+}
+
+/// The `[[thresholds]]` key of the configuration file.
+const THRESHOLDS: &str = "thresholds";
+
+/// Parses `args` as the command line: flags, then the `--config` file's settings for unset
+/// flags and its `[[thresholds]]` tables. Exits with usage on a bad flag, like any CLI.
+pub fn parse_from(args: Vec<OsString>) -> anyhow::Result<Cli> {
+    let file = config_file(&args);
+    let mut cli = Cli::parse_from(with_config_file(args)?);
+    if let Some(file) = file {
+        let thresholds = thresholds_in(&file)?;
+        match &mut cli.command {
+            Command::Serve(serve) => serve.model.thresholds = thresholds,
+            Command::Check(check) => check.model.thresholds = thresholds,
+            Command::Infer(infer) => infer.model.thresholds = thresholds,
+        }
+    }
+    Ok(cli)
+}
+
+/// The configuration file named by `--config` or `KENSA_CONFIG`.
+fn config_file(args: &[OsString]) -> Option<PathBuf> {
+    config_path(args).or_else(|| std::env::var_os("KENSA_CONFIG").map(PathBuf::from))
+}
+
+/// The `[[thresholds]]` tables of a configuration file, checked.
+fn thresholds_in(file: &Path) -> anyhow::Result<Vec<ThresholdOverride>> {
+    let Some(value) = read_settings(file)?.remove(THRESHOLDS) else {
+        return Ok(Vec::new());
+    };
+    let entries: Vec<ThresholdOverride> = value.try_into().with_context(|| {
+        format!(
+            "{}: [[thresholds]] entries take station or line, model, pass-threshold, \
+             fail-threshold",
+            file.display()
+        )
+    })?;
+    for (i, entry) in entries.iter().enumerate() {
+        entry
+            .validate()
+            .with_context(|| format!("{}: [[thresholds]] entry {}", file.display(), i + 1))?;
+    }
+    Ok(entries)
 }
 
 /// Inserts `--key=value` for each file setting whose flag has no environment variable set, right
 /// after the subcommand, so flags given on the command line (later) override them.
 pub fn with_config_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
-    let file = config_path(&args).or_else(|| std::env::var_os("KENSA_CONFIG").map(PathBuf::from));
-    let Some(file) = file else {
+    let Some(file) = config_file(&args) else {
         return Ok(args);
     };
     let command = Cli::command();
@@ -379,7 +427,8 @@ pub fn with_config_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     }) else {
         return Ok(args);
     };
-    let settings = read_settings(&file)?;
+    let mut settings = read_settings(&file)?;
+    settings.remove(THRESHOLDS);
     let mut injected = Vec::new();
     for (key, value) in settings {
         let flag = key.replace('_', "-");
@@ -509,6 +558,43 @@ mod tests {
             }
         );
         assert!(serve.store.mqtt().unwrap().is_none());
+    }
+
+    #[test]
+    fn threshold_tables_become_overrides_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kensa.toml");
+        std::fs::write(
+            &file,
+            "http-port = 9000\n\
+             [[thresholds]]\nline = \"L3\"\npass-threshold = 0.97\n\
+             [[thresholds]]\nstation = \"aoi-07\"\nmodel = \"kensa-demo\"\nfail-threshold = 0.6\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let cli = parse_from(os(&["kensa", "serve", "--config", path])).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(serve.http_port, 9000);
+        let thresholds = &serve.model.thresholds;
+        assert_eq!(thresholds.len(), 2);
+        assert_eq!(thresholds[0].line.as_deref(), Some("L3"));
+        assert_eq!(thresholds[1].fail_threshold, Some(0.6));
+
+        std::fs::write(
+            &file,
+            "[[thresholds]]\nstation = \"a\"\npass-treshold = 0.9\n",
+        )
+        .unwrap();
+        let error = parse_from(os(&["kensa", "serve", "--config", path])).unwrap_err();
+        assert!(format!("{error:#}").contains("pass-treshold"), "{error:#}");
+        std::fs::write(&file, "[[thresholds]]\nline = \"L1\"\npass-threshold = 2\n").unwrap();
+        let error = parse_from(os(&["kensa", "serve", "--config", path])).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("between 0 and 1"),
+            "{error:#}"
+        );
     }
 
     #[test]

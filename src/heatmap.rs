@@ -1,29 +1,38 @@
-//! A picture of where the model looked, so operators can judge a verdict at a glance.
+//! A picture of where the model looked, so an operator can judge a verdict at a glance.
 //!
-//! The model-input image (de-normalised, shown in gray) is overlaid with the attention map,
-//! bilinearly upsampled from the patch grid, scaled so its peak is the hottest colour, and
-//! coloured with an inferno-like perceptual map (dark purple = ignored, pale yellow = peak).
-//! Small model inputs are enlarged by a whole factor, see [`output_size`].
+//! The attention map is drawn over the image **as the station sent it**, at its own
+//! resolution (within [`MAX_SIDE`]; small images are enlarged by a whole factor), since the
+//! model stretches the whole frame to its input and the grid covers the whole frame. One fixed
+//! colour scale serves every verdict, so a diffuse map looks cool and a focused one hot: each
+//! cell's weight is compared with an even spread (1 / cells), on a log scale from 1× (no colour)
+//! to [`SCALE_MAX`]× (the hottest colour, fully drawn). A band on top says the disposition, the
+//! label and the confidence in words as well as colour; a legend at the bottom shows the scale.
 
 use ::image::codecs::png::PngEncoder;
-use ::image::{ExtendedColorType, ImageEncoder};
+use ::image::imageops::FilterType;
+use ::image::{ExtendedColorType, ImageEncoder, RgbImage};
+use font8x8::UnicodeFonts as _;
 
+use crate::decision::Disposition;
 use crate::error::Error;
-use crate::model::manifest::{ColorMode, Grid, ImageSpec};
+use crate::model::manifest::Grid;
+use crate::preprocess::image::{ImageLimits, decode};
 
-/// Inputs whose shorter side is below this are enlarged, because a 224-pixel picture is too
-/// small to inspect on an operator's screen.
-pub const MIN_SHORT_SIDE: u32 = 256;
-
+/// Images whose shorter side is below this are enlarged, so the map is readable on a screen.
+pub const MIN_SHORT_SIDE: u32 = 384;
 /// Enlargement stops here, so tiny inputs do not produce needlessly large PNGs.
 pub const MAX_SCALE: u32 = 4;
+/// Larger images are drawn shrunk to this longest side (a 12-megapixel frame would make a
+/// PNG that no review screen needs and that takes a second to encode).
+pub const MAX_SIDE: u32 = 1600;
+/// A cell holding this many times its even share of attention gets the hottest colour.
+pub const SCALE_MAX: f32 = 8.0;
+/// Opacity of the hottest colour; cooler colours are drawn more transparently, so the part
+/// stays visible wherever the model did not look.
+const MAX_ALPHA: f32 = 0.7;
 
-/// Weight of the colour map over the gray image: enough to read the map, while the part
-/// underneath stays visible everywhere.
-const OVERLAY_ALPHA: f32 = 0.5;
-
-/// Inferno-like control points from cold to hot, evenly spaced; dark-to-light in
-/// lightness so the map reads correctly even in gray and for colour-blind operators.
+/// Inferno-like control points from cold to hot, evenly spaced; dark-to-light in lightness so
+/// the map reads correctly in gray and for colour-blind operators.
 const COLORMAP: [[f32; 3]; 9] = [
     [0.0, 0.0, 4.0],
     [31.0, 12.0, 72.0],
@@ -36,135 +45,149 @@ const COLORMAP: [[f32; 3]; 9] = [
     [252.0, 255.0, 164.0],
 ];
 
-/// Luma weights, the same as preprocessing uses for gray models.
-const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
+/// Ticks of the legend, in multiples of the even share.
+const LEGEND_TICKS: [f32; 4] = [1.0, 2.0, 4.0, 8.0];
 
-/// Size of the rendered PNG for a model input: `spec.width x spec.height` times the smallest
-/// whole factor that brings the shorter side to [`MIN_SHORT_SIDE`], at most [`MAX_SCALE`].
-/// The image is enlarged with nearest neighbour so operators see the pixels the model saw.
-pub fn output_size(spec: &ImageSpec) -> (u32, u32) {
-    let scale = scale(spec);
-    (
-        spec.width.saturating_mul(scale),
-        spec.height.saturating_mul(scale),
-    )
+/// What the picture says in words.
+#[derive(Debug, Clone)]
+pub struct Caption {
+    /// The predicted label as operators know it.
+    pub label: String,
+    /// Its probability.
+    pub confidence: f32,
+    /// Pass, fail or review, when the model has a decision rule.
+    pub disposition: Option<Disposition>,
 }
 
-/// The whole enlargement factor behind [`output_size`].
-fn scale(spec: &ImageSpec) -> u32 {
-    let short = spec.width.min(spec.height).max(1);
-    MIN_SHORT_SIDE.div_ceil(short).clamp(1, MAX_SCALE)
-}
-
-/// Renders one image's attention overlay as a PNG of [`output_size`].
+/// Renders the heat map PNG of one verdict over its encoded `image`.
 ///
-/// `pixels` is the normalised C*H*W model input, `attention` the head's `grid` map for the same
-/// image (row-major). Negative or non-finite attention counts as none; an all-zero map shows
-/// the coldest colour everywhere.
+/// `attention` is the head's `grid` map (row-major); negative or non-finite weights count as
+/// none. Blocking: decodes the image and encodes a PNG.
 pub fn render_png(
-    pixels: &[f32],
-    spec: &ImageSpec,
+    image: &[u8],
+    limits: &ImageLimits,
     attention: &[f32],
     grid: Grid,
+    caption: &Caption,
 ) -> Result<Vec<u8>, Error> {
-    let gray = model_input_gray(pixels, spec)?;
-    let heat = normalised_attention(attention, grid)?;
-    let scale = scale(spec) as usize;
-    let (in_w, in_h) = (spec.width as usize, spec.height as usize);
-    let (out_w, out_h) = (in_w * scale, in_h * scale);
-    let palette = palette();
-    let columns = interpolation_taps(grid.width, out_w);
-    let rows = interpolation_taps(grid.height, out_h);
-
-    let mut rgb = Vec::with_capacity(out_w * out_h * 3);
-    for (y, row) in rows.iter().enumerate() {
-        let gray_row = &gray[(y / scale) * in_w..(y / scale + 1) * in_w];
-        let top = &heat[row.first * grid.width..(row.first + 1) * grid.width];
-        let bottom = &heat[row.second * grid.width..(row.second + 1) * grid.width];
-        for (x, column) in columns.iter().enumerate() {
-            let value = column.blend(top) * (1.0 - row.weight) + column.blend(bottom) * row.weight;
-            let colour = palette[(value * 255.0).round().clamp(0.0, 255.0) as usize];
-            let base = gray_row[x / scale] * 255.0;
-            rgb.extend(colour.iter().map(|&c| {
-                (base + (c - base) * OVERLAY_ALPHA)
-                    .round()
-                    .clamp(0.0, 255.0) as u8
-            }));
-        }
-    }
+    let heat = heat_levels(attention, grid)?;
+    let base = display_image(image, limits)?;
+    let (width, height) = base.dimensions();
+    let scale = text_scale(width);
+    let (top, bottom) = (caption_height(scale), legend_height(scale));
+    let mut canvas = RgbImage::new(width, top + height + bottom);
+    ::image::imageops::replace(&mut canvas, &base, 0, i64::from(top));
+    overlay(&mut canvas, top, height, &heat, grid);
+    draw_caption(&mut canvas, top, scale, caption);
+    draw_legend(&mut canvas, top + height, bottom, scale);
 
     let mut png = Vec::new();
     PngEncoder::new(&mut png)
-        .write_image(&rgb, out_w as u32, out_h as u32, ExtendedColorType::Rgb8)
-        .map_err(|e| Error::Internal(format!("heatmap PNG encoding failed: {e}")))?;
+        .write_image(
+            canvas.as_raw(),
+            canvas.width(),
+            canvas.height(),
+            ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| Error::Internal(format!("heat map PNG encoding failed: {e}")))?;
     Ok(png)
 }
 
-/// The model input back in [0, 1], one gray value per pixel.
-fn model_input_gray(pixels: &[f32], spec: &ImageSpec) -> Result<Vec<f32>, Error> {
-    let channels = match spec.color {
-        ColorMode::Gray => 1,
-        ColorMode::Rgb => 3,
-    };
-    let area = spec.width as usize * spec.height as usize;
-    if pixels.len() != channels * area {
-        return Err(Error::Internal(format!(
-            "heatmap got {} pixel values for a {channels}x{}x{} input",
-            pixels.len(),
-            spec.height,
-            spec.width
-        )));
+/// The size the image is drawn at: its own, shrunk to [`MAX_SIDE`] or enlarged by a whole
+/// factor (at most [`MAX_SCALE`]) to reach [`MIN_SHORT_SIDE`].
+pub fn display_size(width: u32, height: u32) -> (u32, u32) {
+    let (long, short) = (width.max(height).max(1), width.min(height).max(1));
+    if long > MAX_SIDE {
+        let shrink = f64::from(MAX_SIDE) / f64::from(long);
+        let side = |v: u32| ((f64::from(v) * shrink).round() as u32).max(1);
+        return (side(width), side(height));
     }
-    if spec.mean.len() < channels || spec.std.len() < channels {
-        return Err(Error::Internal(
-            "image spec lacks a mean or std per channel".into(),
-        ));
-    }
-    let plane = |c: usize| {
-        let (mean, std) = (spec.mean[c], spec.std[c]);
-        pixels[c * area..(c + 1) * area]
-            .iter()
-            .map(move |&v| (v * std + mean).clamp(0.0, 1.0))
-    };
-    Ok(if channels == 1 {
-        plane(0).collect()
-    } else {
-        plane(0)
-            .zip(plane(1))
-            .zip(plane(2))
-            .map(|((r, g), b)| LUMA[0] * r + LUMA[1] * g + LUMA[2] * b)
-            .collect()
-    })
+    let factor = MIN_SHORT_SIDE
+        .div_ceil(short)
+        .clamp(1, MAX_SCALE)
+        .min((MAX_SIDE / long).max(1));
+    (width * factor, height * factor)
 }
 
-/// The attention grid scaled to [0, 1] by its peak.
-fn normalised_attention(attention: &[f32], grid: Grid) -> Result<Vec<f32>, Error> {
-    if grid.width == 0 || grid.height == 0 || attention.len() != grid.width * grid.height {
+/// The station's image in RGB at [`display_size`].
+fn display_image(image: &[u8], limits: &ImageLimits) -> Result<RgbImage, Error> {
+    let decoded = decode(image, limits)?;
+    let (width, height) = display_size(decoded.width(), decoded.height());
+    let rgb = decoded.to_rgb8();
+    if (width, height) == rgb.dimensions() {
+        return Ok(rgb);
+    }
+    let filter = if width > rgb.width() {
+        FilterType::Nearest
+    } else {
+        FilterType::Triangle
+    };
+    Ok(::image::imageops::resize(&rgb, width, height, filter))
+}
+
+/// Each cell's heat in [0, 1]: its weight over the even share, on a log scale from 1× (0) to
+/// [`SCALE_MAX`]× (1). The weights are renormalised first, so any positive scale works.
+fn heat_levels(attention: &[f32], grid: Grid) -> Result<Vec<f32>, Error> {
+    let cells = grid.width * grid.height;
+    if cells == 0 || attention.len() != cells {
         return Err(Error::Internal(format!(
-            "heatmap got {} attention values for a {}x{} grid",
+            "heat map got {} attention values for a {}x{} grid",
             attention.len(),
             grid.height,
             grid.width
         )));
     }
     let clean = |v: f32| if v.is_finite() { v.max(0.0) } else { 0.0 };
-    let peak = attention.iter().map(|&v| clean(v)).fold(0.0f32, f32::max);
-    let inverse = if peak > 0.0 { 1.0 / peak } else { 0.0 };
-    Ok(attention.iter().map(|&v| clean(v) * inverse).collect())
+    let total: f32 = attention.iter().map(|&v| clean(v)).sum();
+    if total <= 0.0 {
+        return Ok(vec![0.0; cells]);
+    }
+    let even = total / cells as f32;
+    Ok(attention.iter().map(|&v| level(clean(v) / even)).collect())
 }
 
-/// The colour map expanded to 256 entries, so each pixel is one lookup.
-fn palette() -> Vec<[f32; 3]> {
+/// A multiple of the even share on the colour scale.
+fn level(ratio: f32) -> f32 {
+    if ratio <= 1.0 {
+        0.0
+    } else {
+        (ratio.ln() / SCALE_MAX.ln()).min(1.0)
+    }
+}
+
+/// Blends the bilinearly upsampled heat over the image rows `top..top + height`.
+fn overlay(canvas: &mut RgbImage, top: u32, height: u32, heat: &[f32], grid: Grid) {
+    let width = canvas.width();
+    let columns = interpolation_taps(grid.width, width as usize);
+    let rows = interpolation_taps(grid.height, height as usize);
+    for (y, row) in rows.iter().enumerate() {
+        let upper = &heat[row.first * grid.width..(row.first + 1) * grid.width];
+        let lower = &heat[row.second * grid.width..(row.second + 1) * grid.width];
+        for (x, column) in columns.iter().enumerate() {
+            let t = column.blend(upper) * (1.0 - row.weight) + column.blend(lower) * row.weight;
+            if t <= 0.0 {
+                continue;
+            }
+            let colour = colour_at(t);
+            let alpha = MAX_ALPHA * t;
+            let pixel = canvas.get_pixel_mut(x as u32, top + y as u32);
+            for (channel, c) in pixel.0.iter_mut().zip(colour) {
+                *channel = (f32::from(*channel) * (1.0 - alpha) + c * alpha)
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
+/// The colour map at `t` in [0, 1].
+fn colour_at(t: f32) -> [f32; 3] {
     let segments = (COLORMAP.len() - 1) as f32;
-    (0..256)
-        .map(|i| {
-            let position = i as f32 / 255.0 * segments;
-            let low = (position.floor() as usize).min(COLORMAP.len() - 2);
-            let t = position - low as f32;
-            let (a, b) = (COLORMAP[low], COLORMAP[low + 1]);
-            [0, 1, 2].map(|c| a[c] + (b[c] - a[c]) * t)
-        })
-        .collect()
+    let position = t.clamp(0.0, 1.0) * segments;
+    let low = (position.floor() as usize).min(COLORMAP.len() - 2);
+    let f = position - low as f32;
+    let (a, b) = (COLORMAP[low], COLORMAP[low + 1]);
+    [0, 1, 2].map(|c| a[c] + (b[c] - a[c]) * f)
 }
 
 /// Two neighbouring grid cells and the weight of the second, for one output row or column.
@@ -199,128 +222,266 @@ fn interpolation_taps(cells: usize, out: usize) -> Vec<Taps> {
         .collect()
 }
 
+/// Pixels per font pixel: the 8-pixel font grows with the picture, so text stays readable.
+fn text_scale(width: u32) -> u32 {
+    (width / 192).clamp(1, 4)
+}
+
+/// The caption band: one line of text with a margin above and below.
+fn caption_height(scale: u32) -> u32 {
+    12 * scale
+}
+
+/// The legend band: the colour bar, its tick labels and a line saying what they measure.
+fn legend_height(scale: u32) -> u32 {
+    24 * scale
+}
+
+/// Band colour and word of a disposition (words too: colour alone fails colour-blind
+/// operators and gray printouts).
+fn status(disposition: Option<Disposition>) -> ([u8; 3], &'static str) {
+    match disposition {
+        Some(Disposition::Pass) => ([27, 94, 32], "PASS"),
+        Some(Disposition::Fail) => ([183, 28, 28], "FAIL"),
+        Some(Disposition::Review) => ([230, 140, 0], "REVIEW"),
+        None => ([48, 48, 48], ""),
+    }
+}
+
+fn draw_caption(canvas: &mut RgbImage, band: u32, scale: u32, caption: &Caption) {
+    let (background, word) = status(caption.disposition);
+    fill(canvas, 0, 0, canvas.width(), band, background);
+    let mut text = String::new();
+    if !word.is_empty() {
+        text.push_str(word);
+        text.push_str("  ");
+    }
+    text.push_str(&format!(
+        "{}  {:.1}%",
+        caption.label,
+        caption.confidence * 100.0
+    ));
+    draw_text(canvas, 4 * scale, 2 * scale, scale, &text, [255, 255, 255]);
+}
+
+/// The colour bar with its ticks (1x 2x 4x 8x+) and what they measure.
+fn draw_legend(canvas: &mut RgbImage, top: u32, height: u32, scale: u32) {
+    let width = canvas.width();
+    fill(canvas, 0, top, width, height, [24, 24, 24]);
+    let margin = 4 * scale;
+    let bar_width = width.saturating_sub(2 * margin).max(1);
+    let bar_top = top + 2 * scale;
+    let bar_height = 4 * scale;
+    for x in 0..bar_width {
+        let ratio = SCALE_MAX.powf(x as f32 / bar_width as f32);
+        let colour = colour_at(level(ratio)).map(|c| c.round() as u8);
+        fill(canvas, margin + x, bar_top, 1, bar_height, colour);
+    }
+    let tick_top = bar_top + bar_height + scale;
+    for tick in LEGEND_TICKS {
+        let x = margin + (level(tick) * (bar_width - 1) as f32) as u32;
+        let text = if tick >= SCALE_MAX {
+            format!("{tick}x+")
+        } else {
+            format!("{tick}x")
+        };
+        let text_width = 8 * scale * text.chars().count() as u32;
+        let left = x
+            .saturating_sub(text_width / 2)
+            .min(width.saturating_sub(text_width));
+        draw_text(canvas, left, tick_top, scale, &text, [230, 230, 230]);
+    }
+    draw_text(
+        canvas,
+        margin,
+        tick_top + 9 * scale,
+        scale,
+        "attention: x even share",
+        [170, 170, 170],
+    );
+}
+
+fn fill(canvas: &mut RgbImage, left: u32, top: u32, width: u32, height: u32, colour: [u8; 3]) {
+    let right = (left + width).min(canvas.width());
+    let bottom = (top + height).min(canvas.height());
+    for y in top..bottom {
+        for x in left..right {
+            canvas.put_pixel(x, y, ::image::Rgb(colour));
+        }
+    }
+}
+
+/// Draws `text` in the 8x8 bitmap font at `scale`; characters the font lacks show as `?`,
+/// and text that would run off the picture is cut.
+fn draw_text(canvas: &mut RgbImage, left: u32, top: u32, scale: u32, text: &str, colour: [u8; 3]) {
+    let advance = 8 * scale;
+    for (i, character) in text.chars().enumerate() {
+        let x0 = left + i as u32 * advance;
+        if x0 + advance > canvas.width() {
+            return;
+        }
+        let glyph = glyph(character);
+        for (row, bits) in glyph.iter().enumerate() {
+            for column in 0..8 {
+                if bits & (1 << column) != 0 {
+                    let x = x0 + column * scale;
+                    let y = top + row as u32 * scale;
+                    fill(canvas, x, y, scale, scale, colour);
+                }
+            }
+        }
+    }
+}
+
+fn glyph(character: char) -> [u8; 8] {
+    font8x8::BASIC_FONTS
+        .get(character)
+        .or_else(|| font8x8::LATIN_FONTS.get(character))
+        .or_else(|| font8x8::GREEK_FONTS.get(character))
+        .or_else(|| font8x8::HIRAGANA_FONTS.get(character))
+        .or_else(|| font8x8::BASIC_FONTS.get('?'))
+        .unwrap_or([0; 8])
+}
+
 #[cfg(test)]
 mod tests {
-    use ::image::{GenericImageView, ImageFormat};
+    use ::image::codecs::png::PngEncoder;
+    use ::image::{GrayImage, ImageFormat};
 
     use super::*;
-    use crate::model::manifest::ResizeMode;
 
-    fn spec(color: ColorMode, width: u32, height: u32) -> ImageSpec {
-        let channels = if color == ColorMode::Gray { 1 } else { 3 };
-        ImageSpec {
-            height,
-            width,
-            channels,
-            color,
-            resize: ResizeMode::Bilinear,
-            mean: vec![0.5; channels],
-            std: vec![0.25; channels],
+    const LIMITS: ImageLimits = ImageLimits {
+        max_bytes: 1 << 24,
+        max_pixels: 1 << 26,
+    };
+
+    fn gray_png(width: u32, height: u32, value: u8) -> Vec<u8> {
+        let image = GrayImage::from_pixel(width, height, ::image::Luma([value]));
+        let mut png = Vec::new();
+        PngEncoder::new(&mut png)
+            .write_image(image.as_raw(), width, height, ExtendedColorType::L8)
+            .unwrap();
+        png
+    }
+
+    fn caption(disposition: Option<Disposition>) -> Caption {
+        Caption {
+            label: "Void in via".into(),
+            confidence: 0.93,
+            disposition,
         }
     }
 
-    /// Normalised model input of a uniform mid-gray image (0.5 maps to 0).
-    fn mid_gray(spec: &ImageSpec) -> Vec<f32> {
-        vec![0.0; spec.channels * (spec.width * spec.height) as usize]
-    }
-
-    /// What a palette colour looks like blended over mid-gray.
-    fn over_mid_gray(colour: [f32; 3]) -> [u8; 3] {
-        colour.map(|c| (127.5 + (c - 127.5) * OVERLAY_ALPHA).round() as u8)
-    }
-
-    fn close(a: [u8; 3], b: [u8; 3], tolerance: u8) -> bool {
-        a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= tolerance)
+    fn render(image: &[u8], attention: &[f32], grid: Grid) -> RgbImage {
+        let png = render_png(image, &LIMITS, attention, grid, &caption(None)).unwrap();
+        assert_eq!(::image::guess_format(&png).unwrap(), ImageFormat::Png);
+        ::image::load_from_memory(&png).unwrap().to_rgb8()
     }
 
     #[test]
-    fn small_inputs_are_enlarged_by_a_whole_factor() {
-        assert_eq!(output_size(&spec(ColorMode::Gray, 112, 112)), (336, 336));
-        assert_eq!(output_size(&spec(ColorMode::Gray, 224, 224)), (448, 448));
-        assert_eq!(output_size(&spec(ColorMode::Gray, 384, 256)), (384, 256));
-        assert_eq!(output_size(&spec(ColorMode::Gray, 32, 40)), (128, 160));
+    fn the_image_keeps_its_own_resolution_within_bounds() {
+        assert_eq!(display_size(640, 480), (640, 480));
+        assert_eq!(display_size(112, 112), (448, 448));
+        assert_eq!(display_size(128, 128), (384, 384));
+        assert_eq!(display_size(32, 40), (128, 160));
+        assert_eq!(display_size(4096, 3072), (1600, 1200));
+        assert_eq!(
+            display_size(100, 1500),
+            (100, 1500),
+            "no enlargement past MAX_SIDE"
+        );
     }
 
     #[test]
-    fn renders_a_png_of_the_documented_size() {
-        for spec in [
-            spec(ColorMode::Gray, 112, 112),
-            spec(ColorMode::Rgb, 40, 30),
-        ] {
-            let grid = Grid {
-                height: 7,
-                width: 7,
-            };
-            let attention: Vec<f32> = (0..49).map(|i| i as f32 / 49.0).collect();
-            let png = render_png(&mid_gray(&spec), &spec, &attention, grid).unwrap();
-            assert_eq!(::image::guess_format(&png).unwrap(), ImageFormat::Png);
-            let decoded = ::image::load_from_memory(&png).unwrap();
-            assert_eq!(decoded.dimensions(), output_size(&spec));
-        }
-    }
-
-    #[test]
-    fn one_hot_attention_is_hottest_in_its_cell() {
-        let spec = spec(ColorMode::Gray, 64, 48);
+    fn the_picture_is_the_image_between_a_caption_and_a_legend() {
         let grid = Grid {
-            height: 3,
+            height: 7,
+            width: 7,
+        };
+        let picture = render(&gray_png(640, 480, 128), &[1.0 / 49.0; 49], grid);
+        let scale = text_scale(640);
+        let band = caption_height(scale);
+        assert_eq!(
+            picture.dimensions(),
+            (640, band + 480 + legend_height(scale))
+        );
+        let middle = picture.get_pixel(320, band + 240).0;
+        assert_eq!(middle, [128, 128, 128], "an even spread draws no colour");
+    }
+
+    #[test]
+    fn one_fixed_scale_makes_a_focused_map_hot_and_a_diffuse_one_cool() {
+        let grid = Grid {
+            height: 4,
             width: 4,
         };
-        let mut attention = vec![0.0; 12];
-        attention[2 * 4 + 1] = 0.3;
-        let png = render_png(&mid_gray(&spec), &spec, &attention, grid).unwrap();
-        let image = ::image::load_from_memory(&png).unwrap().to_rgb8();
-        let (w, h) = image.dimensions();
-        assert_eq!((w, h), (256, 192));
-
-        let hottest = over_mid_gray(COLORMAP[COLORMAP.len() - 1]);
-        let coldest = over_mid_gray(COLORMAP[0]);
-        let distance = |p: [u8; 3]| {
-            p.iter()
-                .zip(&hottest)
-                .map(|(a, b)| a.abs_diff(*b) as u32)
-                .sum::<u32>()
-        };
-        let (x, y, _) = image
-            .enumerate_pixels()
-            .min_by_key(|(_, _, p)| distance(p.0))
-            .unwrap();
+        let image = gray_png(400, 400, 128);
+        let band = caption_height(text_scale(400));
+        let mut focused = vec![0.0; 16];
+        focused[4 + 2] = 1.0;
+        let hot = render(&image, &focused, grid);
+        let centre = |x: u32, y: u32| hot.get_pixel(x * 100 + 50, band + y * 100 + 50).0;
+        let hottest = colour_at(1.0).map(|c| (128.0 * (1.0 - MAX_ALPHA) + c * MAX_ALPHA).round());
+        let hot_centre = centre(2, 1).map(f32::from);
         assert!(
-            (w / 4..w / 2).contains(&x) && (2 * h / 3..h).contains(&y),
-            "hottest at {x},{y}"
+            hot_centre
+                .iter()
+                .zip(hottest)
+                .all(|(a, b)| (a - b).abs() <= 8.0),
+            "{hot_centre:?} vs {hottest:?}"
         );
-        // The cell centre sits half a pixel off the grid point, hence a little below the peak.
-        assert!(close(image.get_pixel(w * 3 / 8, h * 5 / 6).0, hottest, 6));
-        assert!(close(image.get_pixel(0, 0).0, coldest, 1));
-        assert!(close(image.get_pixel(w - 1, 0).0, coldest, 1));
+        assert_eq!(centre(0, 3), [128, 128, 128], "no weight, no colour");
+
+        let mut diffuse = vec![1.0; 16];
+        diffuse[4 + 2] = 1.5;
+        let cool = render(&image, &diffuse, grid);
+        let cool_centre = cool.get_pixel(250, band + 150).0;
+        let distance = |p: [u8; 3]| p.iter().map(|&c| u32::from(c.abs_diff(128))).sum::<u32>();
+        assert!(
+            distance(cool_centre) * 4 < distance(centre(2, 1)),
+            "1.4x the even share is far cooler than 16x: {cool_centre:?}"
+        );
     }
 
     #[test]
-    fn flat_or_broken_attention_still_renders() {
-        let spec = spec(ColorMode::Gray, 16, 16);
+    fn the_caption_band_shows_the_disposition_colour() {
         let grid = Grid {
-            height: 2,
-            width: 2,
+            height: 1,
+            width: 1,
         };
-        let coldest = over_mid_gray(COLORMAP[0]);
-        for attention in [[0.0; 4], [f32::NAN, -1.0, f32::INFINITY, 0.0]] {
-            let png = render_png(&mid_gray(&spec), &spec, &attention, grid).unwrap();
-            let image = ::image::load_from_memory(&png).unwrap().to_rgb8();
-            assert!(image.pixels().all(|p| close(p.0, coldest, 1)));
+        let image = gray_png(300, 300, 90);
+        for (disposition, colour) in [
+            (Some(Disposition::Fail), [183, 28, 28]),
+            (Some(Disposition::Pass), [27, 94, 32]),
+            (Some(Disposition::Review), [230, 140, 0]),
+        ] {
+            let png = render_png(&image, &LIMITS, &[1.0], grid, &caption(disposition)).unwrap();
+            let picture = ::image::load_from_memory(&png).unwrap().to_rgb8();
+            assert_eq!(picture.get_pixel(picture.width() - 1, 0).0, colour);
+            let lit = (0..picture.width())
+                .flat_map(|x| (0..caption_height(1)).map(move |y| (x, y)))
+                .filter(|&(x, y)| picture.get_pixel(x, y).0 == [255, 255, 255])
+                .count();
+            assert!(
+                lit > 50,
+                "the caption's words are drawn ({lit} white pixels)"
+            );
         }
     }
 
     #[test]
-    fn mismatched_inputs_are_internal_errors() {
-        let spec = spec(ColorMode::Rgb, 8, 8);
+    fn broken_inputs_are_errors_not_panics() {
         let grid = Grid {
             height: 2,
             width: 2,
         };
-        let short = vec![0.0; 8 * 8];
-        let result = render_png(&short, &spec, &[0.0; 4], grid);
-        assert!(matches!(result, Err(Error::Internal(_))), "{result:?}");
-        let result = render_png(&mid_gray(&spec), &spec, &[0.0; 3], grid);
-        assert!(matches!(result, Err(Error::Internal(_))), "{result:?}");
+        let image = gray_png(16, 16, 0);
+        let short = render_png(&image, &LIMITS, &[0.0; 3], grid, &caption(None));
+        assert!(matches!(short, Err(Error::Internal(_))), "{short:?}");
+        let bad = render_png(b"not an image", &LIMITS, &[0.25; 4], grid, &caption(None));
+        assert!(matches!(bad, Err(Error::BadImage(_))), "{bad:?}");
+        for attention in [[0.0; 4], [f32::NAN, -1.0, f32::INFINITY, 0.0]] {
+            assert!(render_png(&image, &LIMITS, &attention, grid, &caption(None)).is_ok());
+        }
     }
 }

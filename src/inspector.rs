@@ -26,6 +26,7 @@ use crate::batching::{Entry, Priority};
 use crate::error::Error;
 use crate::heatmap;
 use crate::metrics::{ErrorLabels, Metrics, VerdictLabels};
+use crate::model::manifest::Grid;
 use crate::model::registry::{LoadedModel, ModelRepository};
 use crate::preprocess::image::{ImageLimits, prepare_image};
 use crate::store::record::sha256_hex;
@@ -348,19 +349,7 @@ impl Inspector {
             )));
         }
         let heatmap_png = if request.heatmap {
-            let verdict = &stored.verdict;
-            let model = self
-                .ready_models()?
-                .get(Some(&verdict.model), Some(verdict.model_version))?;
-            let image = request.image.clone();
-            let limits = self.limits.image;
-            let spec = model.manifest.image.clone();
-            let pixels = tokio::task::spawn_blocking(move || prepare_image(&image, &spec, &limits))
-                .await
-                .map_err(|e| Error::Internal(format!("preprocessing panicked: {e}")))??
-                .pixels;
-            let attention = verdict.attention.values.clone();
-            Some(self.render_heatmap(&model, pixels, attention).await?)
+            Some(self.render_heatmap(&request.image, &stored.verdict).await?)
         } else {
             None
         };
@@ -406,7 +395,6 @@ impl Inspector {
             });
         }
 
-        let heatmap_pixels = request.heatmap.then(|| pixels.clone());
         let (respond, answer) = oneshot::channel();
         model.queue.append(Entry {
             pixels,
@@ -428,24 +416,38 @@ impl Inspector {
         };
 
         let manifest = &model.manifest;
-        let scores =
-            Scores::from_outputs(&result.logits, &result.attention, manifest.attention_grid);
+        let temperature = model.decision.as_ref().map_or(1.0, |d| d.spec.temperature);
+        let scores = Scores::from_outputs(
+            &result.logits,
+            temperature,
+            &result.attention,
+            manifest.attention_grid,
+        );
         let label = &manifest.labels[scores.index.min(manifest.labels.len() - 1)];
+        let (disposition, decision) = match &model.decision {
+            Some(policy) => {
+                let names: Vec<&str> = manifest.labels.iter().map(|l| l.name.as_str()).collect();
+                let line = request.metadata.get("line").map(String::as_str);
+                let (disposition, decision) = policy.decide(
+                    &scores.probabilities,
+                    manifest.normal_index(),
+                    &names,
+                    &request.station_id,
+                    line,
+                );
+                (Some(disposition), Some(decision))
+            }
+            None => (None, None),
+        };
         self.metrics
             .verdicts
             .get_or_create(&VerdictLabels {
                 model: model.name.clone(),
                 version: model.version.to_string(),
                 label: label.name.clone(),
+                disposition: disposition.map_or("none", |d| d.as_str()).to_string(),
             })
             .inc();
-        let heatmap_png = match heatmap_pixels {
-            Some(pixels) => Some(
-                self.render_heatmap(&model, pixels, scores.attention.values.clone())
-                    .await?,
-            ),
-            None => None,
-        };
         tracing::debug!(
             station_id = %request.station_id,
             model = %model.name,
@@ -476,6 +478,13 @@ impl Inspector {
             batch_size: result.batch_size,
             received_at,
             metadata: request.metadata,
+            disposition,
+            decision,
+        };
+        let heatmap_png = if request.heatmap {
+            Some(self.render_heatmap(&request.image, &verdict).await?)
+        } else {
+            None
         };
         Ok((verdict, heatmap_png))
     }
@@ -553,21 +562,22 @@ impl Inspector {
         .map_err(|e| Error::Internal(format!("preprocessing panicked: {e}")))?
     }
 
-    async fn render_heatmap(
-        &self,
-        model: &Arc<LoadedModel>,
-        pixels: Vec<f32>,
-        attention: Vec<f32>,
-    ) -> Result<Vec<u8>, Error> {
-        let model = Arc::clone(model);
+    /// Draws the verdict's attention over the image the station sent, on a blocking thread.
+    async fn render_heatmap(&self, image: &Bytes, verdict: &Verdict) -> Result<Vec<u8>, Error> {
+        let image = image.clone();
+        let limits = self.limits.image;
+        let attention = verdict.attention.clone();
+        let caption = heatmap::Caption {
+            label: verdict.display_label.clone(),
+            confidence: verdict.confidence,
+            disposition: verdict.disposition,
+        };
         tokio::task::spawn_blocking(move || {
-            let manifest = &model.manifest;
-            heatmap::render_png(
-                &pixels,
-                &manifest.image,
-                &attention,
-                manifest.attention_grid,
-            )
+            let grid = Grid {
+                height: attention.height,
+                width: attention.width,
+            };
+            heatmap::render_png(&image, &limits, &attention.values, grid, &caption)
         })
         .await
         .map_err(|e| Error::Internal(format!("heat map rendering panicked: {e}")))?

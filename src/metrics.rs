@@ -47,6 +47,8 @@ pub struct VerdictLabels {
     pub version: String,
     /// Predicted label.
     pub label: String,
+    /// `pass`, `fail` or `review`; `none` for a model without a decision rule.
+    pub disposition: String,
 }
 
 /// Labels of the error counter.
@@ -149,7 +151,7 @@ impl Metrics {
         let verdicts = Family::<VerdictLabels, Counter>::default();
         registry.register(
             "verdicts",
-            "Verdicts by model and predicted label",
+            "Verdicts by model, predicted label and disposition",
             verdicts.clone(),
         );
         let errors = Family::<ErrorLabels, Counter>::default();

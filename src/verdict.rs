@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::decision::{Decision, Disposition};
 use crate::model::manifest::{Grid, Manifest};
 
 /// The answer to one inspection.
@@ -39,6 +40,12 @@ pub struct Verdict {
     /// Whatever the station sent along (line, lot_id, unit_position, recipe, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// What the line does with the unit, when the model has a decision rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<Disposition>,
+    /// How the disposition was reached: thresholds, their origin, the defect class of a fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
 
 /// Attention over the image patches, row-major, summing to 1.
@@ -86,17 +93,19 @@ fn hundredths<S: serde::Serializer>(ms: &f64, serializer: S) -> Result<S::Ok, S:
 pub struct Scores {
     /// Index of the predicted label.
     pub index: usize,
-    /// Softmax of the logits, in label order.
+    /// Softmax of the logits divided by the temperature, in label order.
     pub probabilities: Vec<f32>,
     /// Attention renormalized to sum to 1.
     pub attention: AttentionMap,
 }
 
 impl Scores {
-    /// Softmax, arg-max and attention normalization of one output row.
-    pub fn from_outputs(logits: &[f32], attention: &[f32], grid: Grid) -> Scores {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    /// Softmax of `logits / temperature` (1: the plain softmax; the manifest's decision
+    /// section calibrates it), arg-max and attention normalization of one output row.
+    pub fn from_outputs(logits: &[f32], temperature: f32, attention: &[f32], grid: Grid) -> Scores {
+        let scaled: Vec<f32> = logits.iter().map(|l| l / temperature).collect();
+        let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = scaled.iter().map(|l| (l - max).exp()).collect();
         let sum: f32 = exps.iter().sum();
         let probabilities: Vec<f32> = exps.iter().map(|e| e / sum).collect();
         let index = probabilities
@@ -147,7 +156,7 @@ mod tests {
             height: 1,
             width: 2,
         };
-        let scores = Scores::from_outputs(&[0.0, 3.0, 1.0], &[1.0, 3.0], grid);
+        let scores = Scores::from_outputs(&[0.0, 3.0, 1.0], 1.0, &[1.0, 3.0], grid);
         assert_eq!(scores.index, 1);
         let sum: f32 = scores.probabilities.iter().sum();
         assert!((sum - 1.0).abs() < 1e-6);
@@ -168,12 +177,26 @@ mod tests {
     }
 
     #[test]
+    fn temperature_flattens_without_changing_the_winner() {
+        let grid = Grid {
+            height: 1,
+            width: 1,
+        };
+        let sharp = Scores::from_outputs(&[0.0, 3.0, 1.0], 1.0, &[1.0], grid);
+        let calm = Scores::from_outputs(&[0.0, 3.0, 1.0], 2.0, &[1.0], grid);
+        assert_eq!(sharp.index, calm.index);
+        assert!(calm.confidence() < sharp.confidence());
+        let expected = 1.0 / (1.0 + (-1.5f32).exp() + (-1.0f32).exp());
+        assert!((calm.confidence() - expected).abs() < 1e-6);
+    }
+
+    #[test]
     fn degenerate_attention_becomes_uniform() {
         let grid = Grid {
             height: 2,
             width: 2,
         };
-        let scores = Scores::from_outputs(&[1.0, 1.0], &[0.0; 4], grid);
+        let scores = Scores::from_outputs(&[1.0, 1.0], 1.0, &[0.0; 4], grid);
         assert_eq!(scores.attention.values, vec![0.25; 4]);
     }
 }

@@ -109,6 +109,13 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
                 )))
             })?,
         };
+        let disposition = match watch.disposition.as_str() {
+            "" => None,
+            name => Some(
+                name.parse()
+                    .map_err(|e: String| grpc_status(&Error::BadRequest(e)))?,
+            ),
+        };
         let filters = Filters {
             station: Some(watch.station_id),
             line: Some(watch.line),
@@ -116,6 +123,7 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
             label: Some(watch.label),
             model: Some(watch.model),
             defect_only: watch.defect_only,
+            disposition,
         };
         let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
         tokio::spawn(forward_stored(
@@ -300,6 +308,17 @@ fn verdict_message(verdict: &Verdict, heatmap_png: Option<Vec<u8>>) -> pb::Verdi
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         heatmap_png: heatmap_png.unwrap_or_default().into(),
+        disposition: verdict
+            .disposition
+            .map(|d| d.as_str().to_string())
+            .unwrap_or_default(),
+        decision: verdict.decision.as_ref().map(|d| pb::Decision {
+            defect_class: d.defect_class.clone().unwrap_or_default(),
+            pass_threshold: d.pass_threshold,
+            fail_threshold: d.fail_threshold,
+            temperature: d.temperature,
+            thresholds_from: d.thresholds_from.clone(),
+        }),
     }
 }
 

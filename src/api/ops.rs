@@ -8,6 +8,7 @@ use axum::routing::get;
 use serde::Serialize;
 
 use super::state::AppState;
+use crate::decision::DecisionPolicy;
 use crate::model::manifest::Label;
 
 /// The ops routes.
@@ -30,6 +31,8 @@ struct ModelSummary<'a> {
     max_batch_size: usize,
     description: &'a str,
     metrics: &'a serde_json::Value,
+    /// The newest version's pass / fail / review rule with its overrides; null without one.
+    decision: Option<&'a DecisionPolicy>,
 }
 
 /// `GET /v1/models`: every model with its versions, labels and provider.
@@ -53,6 +56,7 @@ async fn models(State(state): State<AppState>) -> Response {
             max_batch_size: model.queue.config().max_batch_size,
             description: &model.manifest.description,
             metrics: &model.manifest.metrics,
+            decision: model.decision.as_ref(),
         });
     }
     axum::Json(serde_json::json!({ "models": summaries })).into_response()

@@ -15,6 +15,7 @@ use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 
 use super::state::AppState;
+use crate::decision::Disposition;
 use crate::error::Error;
 use crate::store::VerdictQuery;
 use crate::verdicts::Filters;
@@ -45,6 +46,7 @@ struct ReadOptions {
     model: Option<String>,
     #[serde(default)]
     defect_only: bool,
+    disposition: Option<Disposition>,
     /// Long-poll: when nothing is there yet, wait up to this long (`30s`, `500ms` or seconds).
     wait: Option<String>,
 }
@@ -64,6 +66,7 @@ impl ReadOptions {
             label: self.label.clone(),
             model: self.model.clone(),
             defect_only: self.defect_only,
+            disposition: self.disposition,
         };
         filters.after(self.since.unwrap_or(0), self.limit)
     }

@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
 
+use crate::decision::DecisionSpec;
+
 /// The schema version this service understands.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -44,6 +46,9 @@ pub struct Manifest {
     /// Where the model came from, passed through to clients.
     #[serde(default)]
     pub provenance: serde_json::Value,
+    /// Calibration and operating point (pass / fail / review); absent: arg-max verdicts only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionSpec>,
 }
 
 /// One class the head can output.
@@ -259,6 +264,9 @@ impl Manifest {
             self.attention_grid.height > 0 && self.attention_grid.width > 0,
             "attention_grid must be positive"
         );
+        if let Some(decision) = &self.decision {
+            decision.validate()?;
+        }
 
         use names::*;
         let graphs = &self.graphs;

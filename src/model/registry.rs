@@ -16,6 +16,7 @@ use super::manifest::Manifest;
 use super::pipeline::{ModelSessions, blank_batch};
 use super::runtime::{Provider, Runtime};
 use crate::batching::{self, BatchRunner as _, Queue, QueueConfig};
+use crate::decision::{DecisionPolicy, ThresholdOverride};
 use crate::error::Error;
 use crate::metrics::{Metrics, ModelInfoLabels, ModelLabels};
 use crate::preprocess::text::NoteTokenizer;
@@ -33,6 +34,8 @@ pub struct LoadOptions {
     pub max_delay: Duration,
     /// Full-size batches run through each session set before the model is ready.
     pub warmup_batches: usize,
+    /// Per-station and per-line overrides of the models' decision thresholds.
+    pub thresholds: Vec<ThresholdOverride>,
 }
 
 /// One model version, loaded and serving.
@@ -49,6 +52,8 @@ pub struct LoadedModel {
     pub queue: Queue,
     /// The execution provider its sessions run on.
     pub provider: Provider,
+    /// Its pass / fail / review rule, when the manifest has one.
+    pub decision: Option<DecisionPolicy>,
 }
 
 impl LoadedModel {
@@ -181,6 +186,28 @@ pub fn open_and_warm(
     Ok((pool, tokenizer, provider, started.elapsed()))
 }
 
+/// Says which configured overrides apply to no loaded model (a misspelt model name, or a model
+/// whose manifest has no decision section), so they do not go unnoticed.
+fn warn_unused_overrides(
+    overrides: &[ThresholdOverride],
+    models: &BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>>,
+) {
+    for entry in overrides {
+        let used = models.values().flat_map(|v| v.values()).any(|model| {
+            model
+                .decision
+                .as_ref()
+                .is_some_and(|policy| policy.overrides.contains(entry))
+        });
+        if !used {
+            tracing::warn!(
+                override = %serde_json::to_string(entry).unwrap_or_default(),
+                "this [[thresholds]] entry applies to no loaded model with a decision section"
+            );
+        }
+    }
+}
+
 /// The batch size a version runs at: the manifest's, capped by the operator.
 fn batch_size(manifest: &Manifest, options: &LoadOptions) -> usize {
     options
@@ -224,6 +251,11 @@ impl ModelRepository {
                 Arc::clone(metrics),
                 labels,
             );
+            let decision = model
+                .manifest
+                .decision
+                .clone()
+                .map(|spec| DecisionPolicy::new(&model.name, spec, &options.thresholds));
             let loaded = LoadedModel {
                 name: model.name,
                 version: model.version,
@@ -231,6 +263,7 @@ impl ModelRepository {
                 tokenizer,
                 queue,
                 provider,
+                decision,
             };
             tracing::info!(
                 model = %loaded.name,
@@ -239,8 +272,19 @@ impl ModelRepository {
                 sessions,
                 max_batch_size = loaded.queue.config().max_batch_size,
                 warmup_ms = warmup.as_millis() as u64,
+                decision = loaded.decision.is_some(),
                 "model ready"
             );
+            if let Some(policy) = &loaded.decision {
+                for entry in &policy.overrides {
+                    tracing::info!(
+                        model = %loaded.name,
+                        version = loaded.version,
+                        override = %serde_json::to_string(entry).unwrap_or_default(),
+                        "decision thresholds overridden"
+                    );
+                }
+            }
             metrics
                 .model_info
                 .get_or_create(&ModelInfoLabels {
@@ -254,6 +298,7 @@ impl ModelRepository {
                 .or_default()
                 .insert(loaded.version, Arc::new(loaded));
         }
+        warn_unused_overrides(&options.thresholds, &models);
         Ok(ModelRepository { models })
     }
 

@@ -70,8 +70,9 @@ pub fn prepare_image(
     })
 }
 
-/// Checks sizes, reads the header, and only then decodes under allocation limits.
-fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Error> {
+/// Checks sizes, reads the header, and only then decodes under allocation limits (also for
+/// the heat map, which is drawn over the image as the station sent it).
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Error> {
     if bytes.is_empty() {
         return Err(Error::BadImage("the image is empty (0 bytes)".into()));
     }

@@ -269,6 +269,8 @@ mod tests {
                 batch_size: 1,
                 received_at: chrono::Utc::now(),
                 metadata: BTreeMap::from([("line".to_string(), line.to_string())]),
+                disposition: None,
+                decision: None,
             },
             note: String::new(),
             image_sha256: id.into(),

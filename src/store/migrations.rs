@@ -17,18 +17,32 @@ pub struct Migration {
 }
 
 /// SQLite's migrations.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "verdicts",
-    sql: include_str!("migrations/sqlite/0001_verdicts.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "verdicts",
+        sql: include_str!("migrations/sqlite/0001_verdicts.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "disposition",
+        sql: include_str!("migrations/sqlite/0002_disposition.sql"),
+    },
+];
 
 /// PostgreSQL's migrations.
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "verdicts",
-    sql: include_str!("migrations/postgres/0001_verdicts.sql"),
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "verdicts",
+        sql: include_str!("migrations/postgres/0001_verdicts.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "disposition",
+        sql: include_str!("migrations/postgres/0002_disposition.sql"),
+    },
+];
 
 /// The table recording applied versions (same SQL for both backends).
 pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
@@ -61,7 +75,8 @@ mod tests {
             assert_eq!(list[0].version, 1);
         }
         assert_eq!(pending(SQLITE, &[]).unwrap().len(), SQLITE.len());
-        assert!(pending(SQLITE, &[1]).unwrap().is_empty());
+        assert_eq!(pending(SQLITE, &[1]).unwrap()[0].version, 2);
+        assert!(pending(SQLITE, &[1, 2]).unwrap().is_empty());
         let error = pending(SQLITE, &[1, 99]).unwrap_err();
         assert!(error.to_string().contains("99"), "{error}");
     }

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use super::record::StoredVerdict;
+use crate::decision::Disposition;
 
 /// Which verdicts to read: after a cursor, at most a limit, through the filters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct Filters {
     pub model: Option<String>,
     /// Only defects.
     pub defect_only: bool,
+    /// Only units with this disposition (pass, fail, review).
+    pub disposition: Option<Disposition>,
 }
 
 /// Most verdicts one read returns.
@@ -54,6 +57,7 @@ impl Filters {
                 label: given(self.label),
                 model: given(self.model),
                 defect_only: self.defect_only,
+                disposition: self.disposition,
             },
         }
     }
@@ -132,6 +136,13 @@ impl VerdictQuery {
         if self.filters.defect_only {
             sql.push_str(" AND v.is_defect");
         }
+        if let Some(disposition) = self.filters.disposition {
+            params.push(Param::Text(Cow::Borrowed(disposition.as_str())));
+            sql.push_str(&format!(
+                " AND v.disposition = {}",
+                dialect.mark(params.len())
+            ));
+        }
         sql.push_str(&format!(" ORDER BY v.seq LIMIT {}", self.effective_limit()));
         (sql, params)
     }
@@ -149,6 +160,10 @@ impl VerdictQuery {
             }
         };
         (!self.filters.defect_only || verdict.is_defect)
+            && self
+                .filters
+                .disposition
+                .is_none_or(|d| verdict.disposition == Some(d))
             && self
                 .text_filters()
                 .iter()

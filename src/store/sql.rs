@@ -8,7 +8,7 @@ use super::record::NewVerdict;
 use super::to_sql_int;
 
 /// The columns of a verdict row besides `seq`, in the order of [`insert_params`].
-const INSERT_COLUMNS: [&str; 18] = [
+const INSERT_COLUMNS: [&str; 19] = [
     "station_id",
     "inspection_id",
     "line",
@@ -27,6 +27,7 @@ const INSERT_COLUMNS: [&str; 18] = [
     "stored_at_ms",
     "verdict",
     "bytes",
+    "disposition",
 ];
 
 /// Inserts a verdict unless its key exists; returns `seq` only when it inserted. SQLite
@@ -69,6 +70,7 @@ pub fn insert_params<'a>(new: &'a NewVerdict, json: &'a str, stored_at_ms: i64) 
         Param::Int(stored_at_ms),
         Param::Text(Cow::Borrowed(json)),
         Param::Int(to_sql_int(bytes)),
+        Param::MaybeText(v.disposition.map(|d| d.as_str())),
     ]
 }
 

@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
-use kensa::config::{Cli, Command, ServeArgs};
+use kensa::config::{Command, ServeArgs};
 use kensa::server::Server;
 
 /// The shipped demo model repository.
@@ -32,10 +31,32 @@ pub fn serve_args(extra: &[&str]) -> ServeArgs {
         "--warmup-batches=1".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    match Cli::parse_from(args).command {
+    let args = args.into_iter().map(std::ffi::OsString::from).collect();
+    match kensa::config::parse_from(args)
+        .expect("valid test flags")
+        .command
+    {
         Command::Serve(serve) => *serve,
         _ => unreachable!("serve was asked for"),
     }
+}
+
+/// A copy of the demo model folder whose manifest gets `decision` as its decision section
+/// (the ONNX graphs are linked, not copied); removed with the returned guard.
+pub fn demo_with_decision(decision: serde_json::Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(demo_dir()).expect("demo folder") {
+        let entry = entry.expect("demo entry");
+        let target = dir.path().join(entry.file_name());
+        std::os::unix::fs::symlink(entry.path(), &target).expect("link demo file");
+    }
+    let manifest_path = dir.path().join("manifest.json");
+    std::fs::remove_file(&manifest_path).expect("unlink manifest");
+    let text = std::fs::read_to_string(demo_dir().join("manifest.json")).expect("manifest");
+    let mut manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest JSON");
+    manifest["decision"] = decision;
+    std::fs::write(&manifest_path, manifest.to_string()).expect("write manifest");
+    dir
 }
 
 /// A started server and a client for it.

@@ -45,6 +45,8 @@ pub fn verdict(station: &str, inspection: &str, label: &str, metadata: &[(&str, 
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        disposition: None,
+        decision: None,
     }
 }
 

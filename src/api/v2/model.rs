@@ -38,6 +38,8 @@ pub const CONFIDENCE: &str = "confidence";
 pub const PROBABILITIES: &str = "probabilities";
 /// Attention over the image patches, `[N, H, W]`.
 pub const ATTENTION: &str = "attention";
+/// `pass`, `fail` or `review`, `[N]`; empty strings for a model without a decision rule.
+pub const DISPOSITION: &str = "disposition";
 
 const INPUTS: [&str; 4] = [IMAGE, NOTE, STATION_ID, INSPECTION_ID];
 
@@ -49,14 +51,16 @@ enum Output {
     Probabilities,
     Attention,
     InspectionId,
+    Disposition,
 }
 
-const OUTPUTS: [Output; 5] = [
+const OUTPUTS: [Output; 6] = [
     Output::Label,
     Output::Confidence,
     Output::Probabilities,
     Output::Attention,
     Output::InspectionId,
+    Output::Disposition,
 ];
 
 impl Output {
@@ -67,12 +71,13 @@ impl Output {
             Output::Probabilities => PROBABILITIES,
             Output::Attention => ATTENTION,
             Output::InspectionId => INSPECTION_ID,
+            Output::Disposition => DISPOSITION,
         }
     }
 
     fn datatype(self) -> &'static str {
         match self {
-            Output::Label | Output::InspectionId => BYTES,
+            Output::Label | Output::InspectionId | Output::Disposition => BYTES,
             Output::Confidence | Output::Probabilities | Output::Attention => FP32,
         }
     }
@@ -81,7 +86,9 @@ impl Output {
     fn shape(self, model: &LoadedModel, n: i64) -> Vec<i64> {
         let grid = model.manifest.attention_grid;
         match self {
-            Output::Label | Output::Confidence | Output::InspectionId => vec![n],
+            Output::Label | Output::Confidence | Output::InspectionId | Output::Disposition => {
+                vec![n]
+            }
             Output::Probabilities => vec![n, model.manifest.labels.len() as i64],
             Output::Attention => vec![n, grid.height as i64, grid.width as i64],
         }
@@ -359,6 +366,7 @@ fn output(model: &LoadedModel, wanted: Output, verdicts: &[Verdict]) -> OutputTe
     let data = match wanted {
         Output::Label => text(|v| &v.label),
         Output::InspectionId => text(|v| &v.inspection_id),
+        Output::Disposition => text(|v| v.disposition.map_or("", |d| d.as_str())),
         Output::Confidence => OutputData::Fp32(verdicts.iter().map(|v| v.confidence).collect()),
         Output::Probabilities => OutputData::Fp32(
             verdicts
