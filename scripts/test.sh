@@ -101,6 +101,9 @@ start_mosquitto() {
   echo "MQTT broker for the tests: started here on 127.0.0.1:$port (pid $mqtt_pid)"
 }
 
+# promtool checks a real scrape of /metrics (tests/operations.rs).
+command -v promtool >/dev/null || need_packages prometheus
+
 echo "== services the store and MQTT tests use"
 if [[ -n "${KENSA_TEST_POSTGRES:-}" ]]; then
   echo "PostgreSQL for the tests: $KENSA_TEST_POSTGRES (KENSA_TEST_POSTGRES)"

@@ -195,6 +195,11 @@ struct ErrorBody {
     code: &'static str,
 }
 
+/// The code of the error a response carries, for the request metrics (an extension of the
+/// response, read by the HTTP metrics layer).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// The one HTTP form of an error: status, JSON body, `Retry-After` when retrying helps. Server
 /// faults are logged here, once.
 impl IntoResponse for Error {
@@ -217,6 +222,7 @@ impl IntoResponse for Error {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
+        response.extensions_mut().insert(ErrorCode(self.code()));
         response
     }
 }

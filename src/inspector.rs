@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::batching::{Entry, Priority};
 use crate::error::Error;
 use crate::heatmap;
-use crate::metrics::{ErrorLabels, Metrics, VerdictLabels};
+use crate::metrics::{ConfidenceLabels, Metrics, VerdictLabels};
 use crate::model::manifest::Grid;
 use crate::model::registry::{LoadedModel, ModelRepository};
 use crate::preprocess::image::{ImageLimits, prepare_image};
@@ -189,12 +189,8 @@ impl Inspector {
             }
         }
         .await;
-        match &result {
-            Ok(inspected) if inspected.replayed => {
-                self.metrics.idempotent_replays.inc();
-            }
-            Ok(_) => {}
-            Err(error) => self.count_error(error),
+        if result.as_ref().is_ok_and(|inspected| inspected.replayed) {
+            self.metrics.idempotent_replays.inc();
         }
         result
     }
@@ -239,7 +235,7 @@ impl Inspector {
                         tokio::time::sleep(retry_after).await;
                     }
                     Err(error) => {
-                        inspector.count_error(&error);
+                        inspector.metrics.count_error("async", error.code());
                         tracing::warn!(
                             station_id = %request.station_id,
                             inspection_id = ?request.inspection_id,
@@ -259,15 +255,6 @@ impl Inspector {
     pub async fn finish_background(&self) {
         self.background.close();
         self.background.wait().await;
-    }
-
-    fn count_error(&self, error: &Error) {
-        self.metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                code: error.code().to_string(),
-            })
-            .inc();
     }
 
     /// The stored verdict under the request's key, when the station gave a key (the one store
@@ -439,15 +426,25 @@ impl Inspector {
             }
             None => (None, None),
         };
+        let line = request.metadata.get("line").map(String::as_str);
         self.metrics
             .verdicts
             .get_or_create(&VerdictLabels {
                 model: model.name.clone(),
                 version: model.version.to_string(),
+                station: self.metrics.station(&request.station_id),
+                line: self.metrics.line(line),
                 label: label.name.clone(),
                 disposition: disposition.map_or("none", |d| d.as_str()).to_string(),
             })
             .inc();
+        self.metrics
+            .confidence
+            .get_or_create(&ConfidenceLabels {
+                model: model.name.clone(),
+                label: label.name.clone(),
+            })
+            .observe(f64::from(scores.confidence()));
         tracing::debug!(
             station_id = %request.station_id,
             model = %model.name,

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::grpc_metrics::GrpcMetricsLayer;
 use crate::api::grpc_server;
 use crate::api::http::router;
 use crate::api::state::AppState;
@@ -106,6 +107,7 @@ impl Server {
         let grpc = grpc_server::services(
             Arc::clone(&inspector),
             verdicts.clone(),
+            Arc::clone(&metrics),
             args.limits.max_body_bytes,
             shutdown.clone(),
         )
@@ -131,6 +133,7 @@ impl Server {
         let grpc_addr = grpc_listener.local_addr()?;
         tracing::info!(%grpc_addr, "gRPC API listening");
 
+        let grpc_layer = GrpcMetricsLayer::new(Arc::clone(&metrics));
         let load = load_models(args, runtime, Arc::clone(&readiness), metrics);
         let task = tokio::spawn(serve(
             Listeners {
@@ -139,6 +142,7 @@ impl Server {
             },
             router(state),
             grpc,
+            grpc_layer,
             load,
             Arc::clone(&readiness),
             shutdown.clone(),
@@ -223,6 +227,7 @@ async fn serve(
     listeners: Listeners,
     app: axum::Router,
     grpc: grpc_server::GrpcServices,
+    grpc_layer: GrpcMetricsLayer,
     load: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
@@ -232,6 +237,7 @@ async fn serve(
         .with_graceful_shutdown(async move { stop.cancelled().await });
     let stop = shutdown.clone();
     let grpc_server = tonic::transport::Server::builder()
+        .layer(grpc_layer)
         .add_routes(grpc.routes)
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY small unary answers wait for delayed ACKs (about 40 ms).

@@ -2,6 +2,9 @@
 
 mod common;
 
+use kensa::api::proto::kensa_v1 as pb;
+use kensa::api::proto::kensa_v1::inspection_service_client::InspectionServiceClient;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -45,19 +48,101 @@ async fn models_and_metrics_describe_the_service() {
 
     let metrics = server.get_text("/metrics").await;
     for expected in [
-        "kensa_http_requests_total{route=\"/v1/inspections\",method=\"POST\",status=\"200\"} 1",
-        "kensa_http_request_duration_seconds_bucket{",
+        "kensa_requests_total{protocol=\"http\",route=\"/v1/inspections\",method=\"POST\",status=\"200\"} 1",
+        "kensa_request_duration_seconds_bucket{le=\"0.0005\",protocol=\"http\",route=\"/v1/inspections\"}",
         "kensa_batch_size_count{model=\"kensa-demo\",version=\"1\"} 1",
         "kensa_queue_depth{model=\"kensa-demo\",version=\"1\"} 0",
         "kensa_model_info{model=\"kensa-demo\",version=\"1\",provider=\"cpu\"} 1",
         "kensa_ready 1",
-        "kensa_process_resident_memory_bytes ",
+        "process_resident_memory_bytes ",
+        "kensa_build_info{",
     ] {
         assert!(
             metrics.contains(expected),
             "missing {expected:?} in\n{metrics}"
         );
     }
+}
+
+/// Every protocol is counted in one family, errors by their code, verdicts by station and
+/// line; a real scrape passes `promtool check metrics`, and OpenMetrics is served on request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_protocol_and_pass_promtool() {
+    let server = TestServer::start(&[]).await;
+    let sample = &samples()[0];
+    let fields = [("line", "L3")];
+    assert_eq!(server.inspect(sample, &fields).await.status(), 200);
+    let broken = common::Sample {
+        image: b"\x89PNGbroken".to_vec(),
+        ..sample.clone()
+    };
+    assert_eq!(server.inspect(&broken, &[]).await.status(), 400);
+    let mut grpc = InspectionServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let request = |image: Vec<u8>| pb::InspectRequest {
+        station_id: "aoi-grpc".into(),
+        image: image.into(),
+        note: sample.note.clone(),
+        ..Default::default()
+    };
+    grpc.inspect(request(sample.image.clone())).await.unwrap();
+    let refused = grpc.inspect(request(Vec::new())).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let text = server.get_text("/metrics").await;
+    for expected in [
+        "kensa_requests_total{protocol=\"grpc\",route=\"/kensa.v1.InspectionService/Inspect\",method=\"POST\",status=\"OK\"} 1",
+        "kensa_requests_total{protocol=\"grpc\",route=\"/kensa.v1.InspectionService/Inspect\",method=\"POST\",status=\"INVALID_ARGUMENT\"} 1",
+        "kensa_requests_total{protocol=\"http\",route=\"/v1/inspections\",method=\"POST\",status=\"400\"} 1",
+        "kensa_errors_total{protocol=\"http\",code=\"bad_image\"} 1",
+        "kensa_errors_total{protocol=\"grpc\",code=\"bad_request\"} 1",
+        "kensa_verdicts_total{model=\"kensa-demo\",version=\"1\",station=\"aoi-07\",line=\"L3\",",
+        "kensa_verdicts_total{model=\"kensa-demo\",version=\"1\",station=\"aoi-grpc\",line=\"_\",",
+        "kensa_confidence_bucket{le=\"0.2\",model=\"kensa-demo\",label=",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+
+    let openmetrics = server
+        .client
+        .get(server.url("/metrics"))
+        .header("accept", "application/openmetrics-text;version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        openmetrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use super::proto::kensa_v1 as pb;
 use crate::batching::Priority;
 use crate::error::Error;
 use crate::inspector::{InspectionRequest, Inspector};
+use crate::metrics::Metrics;
 use crate::store::{StoredVerdict, VerdictQuery};
 use crate::verdict::Verdict;
 use crate::verdicts::{Filters, Verdicts};
@@ -31,16 +32,24 @@ const STREAM_IN_FLIGHT: usize = 64;
 pub struct InspectionApi {
     inspector: Arc<Inspector>,
     verdicts: Verdicts,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
 impl InspectionApi {
     /// `shutdown` ends open inspection streams when the server drains (verdict streams end
-    /// through [`Verdicts`]).
-    pub fn new(inspector: Arc<Inspector>, verdicts: Verdicts, shutdown: CancellationToken) -> Self {
+    /// through [`Verdicts`]); `metrics` counts the per-message errors of `InspectStream`,
+    /// which no call status carries.
+    pub fn new(
+        inspector: Arc<Inspector>,
+        verdicts: Verdicts,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
         InspectionApi {
             inspector,
             verdicts,
+            metrics,
             shutdown,
         }
     }
@@ -75,6 +84,7 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
         tokio::spawn(pump_inspections(
             request.into_inner(),
             Arc::clone(&self.inspector),
+            Arc::clone(&self.metrics),
             sender,
             self.shutdown.clone(),
         ));
@@ -179,6 +189,7 @@ fn stored_message(stored: &StoredVerdict) -> pb::StoredVerdict {
 async fn pump_inspections(
     mut input: Streaming<pb::InspectRequest>,
     inspector: Arc<Inspector>,
+    metrics: Arc<Metrics>,
     output: mpsc::Sender<Result<pb::InspectStreamResponse, Status>>,
     shutdown: CancellationToken,
 ) {
@@ -207,6 +218,7 @@ async fn pump_inspections(
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
         let inspector = Arc::clone(&inspector);
+        let metrics = Arc::clone(&metrics);
         let output = output.clone();
         tokio::spawn(async move {
             let outcome = match inspector.inspect(request).await {
@@ -214,7 +226,10 @@ async fn pump_inspections(
                     &inspected.verdict,
                     inspected.heatmap_png,
                 )),
-                Err(error) => pb::inspect_stream_response::Outcome::Error(error_message(&error)),
+                Err(error) => {
+                    metrics.count_error("grpc", error.code());
+                    pb::inspect_stream_response::Outcome::Error(error_message(&error))
+                }
             };
             let _ = output
                 .send(Ok(pb::InspectStreamResponse {

@@ -13,6 +13,7 @@ use super::grpc::{InspectionApi, InspectionServiceServer};
 use super::proto::FILE_DESCRIPTOR_SET;
 use super::v2::grpc::{GrpcInferenceServiceServer, InferenceApi};
 use crate::inspector::Inspector;
+use crate::metrics::Metrics;
 use crate::verdicts::Verdicts;
 
 /// The gRPC services and the handle that reports their health.
@@ -28,6 +29,7 @@ pub struct GrpcServices {
 pub async fn services(
     inspector: Arc<Inspector>,
     verdicts: Verdicts,
+    metrics: Arc<Metrics>,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<GrpcServices> {
@@ -45,6 +47,7 @@ pub async fn services(
     let native = InspectionServiceServer::new(InspectionApi::new(
         Arc::clone(&inspector),
         verdicts,
+        metrics,
         shutdown,
     ))
     .max_decoding_message_size(max_message_bytes)

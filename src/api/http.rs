@@ -12,8 +12,8 @@ use axum::response::Response;
 
 use super::state::AppState;
 use super::{inspections, ops, v2, verdicts};
-use crate::error::Error;
-use crate::metrics::{HttpLabels, RouteLabels};
+use crate::error::{Error, ErrorCode};
+use crate::metrics::{RequestLabels, RouteLabels};
 
 /// The HTTP routes: inspections, verdict reads, ops, and the Open Inference Protocol's `/v2`.
 pub fn router(state: AppState) -> Router {
@@ -46,7 +46,7 @@ async fn wrong_method(method: Method, uri: Uri) -> Error {
     }
 }
 
-/// Counts and times every request by its route template.
+/// Counts and times every request by its route template, and counts error answers by code.
 async fn record_metrics(
     State(state): State<AppState>,
     request: Request<Body>,
@@ -57,21 +57,32 @@ async fn record_metrics(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let protocol = if route.starts_with("/v2") {
+        "v2-http"
+    } else {
+        "http"
+    };
     let method = request.method().to_string();
     let response = next.run(request).await;
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&HttpLabels {
+    let metrics = &state.metrics;
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            protocol: protocol.to_string(),
             route: route.clone(),
             method,
-            status: response.status().as_u16(),
+            status: response.status().as_u16().to_string(),
         })
         .inc();
-    state
-        .metrics
-        .http_seconds
-        .get_or_create(&RouteLabels { route })
+    metrics
+        .request_seconds
+        .get_or_create(&RouteLabels {
+            protocol: protocol.to_string(),
+            route,
+        })
         .observe(started.elapsed().as_secs_f64());
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        metrics.count_error(protocol, code);
+    }
     response
 }

@@ -5,6 +5,7 @@
 //! shared [`state`]. gRPC: [`grpc_server`] assembles [`grpc`] and [`v2::grpc`].
 
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod grpc_server;
 pub mod http;
 pub mod inspections;

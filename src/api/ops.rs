@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -76,8 +76,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: the Prometheus text format 0.0.4, or OpenMetrics when the scraper's
+/// `Accept` asks for it (Prometheus does; `promtool` and `curl` get the classic format).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(repository) = state.inspector.readiness().models() {
         for model in repository.iter() {
             state
@@ -87,12 +88,28 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 .set(model.queue.depth() as i64);
         }
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            state.metrics.render_openmetrics(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.metrics.render_prometheus(),
+        )
+            .into_response()
+    }
 }
