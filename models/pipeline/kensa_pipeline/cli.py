@@ -149,6 +149,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summarize(a: argparse.Namespace) -> int:
+    from kensa_pipeline.report import summarize_runs
+
+    print(summarize_runs([Path(r) for r in a.runs]))
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from kensa_pipeline.train import export_run
 
@@ -327,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--classes", default=None, help="default: the model's labels")
     e.add_argument("--group-rule", default=None)
     e.set_defaults(func=cmd_evaluate)
+
+    sm = sub.add_parser("summarize", help="mean ± sd tables over run folders (seeds)")
+    sm.add_argument("runs", nargs="+")
+    sm.set_defaults(func=cmd_summarize)
 
     x = sub.add_parser("export", help="export a training run into a model folder")
     x.add_argument("--run", required=True)

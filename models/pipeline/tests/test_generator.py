@@ -46,7 +46,9 @@ def test_format_and_notes(small_data: Path) -> None:
     counts = {n: sum(s.label == n for s in ds.samples) for n in ds.names}
     assert counts == class_counts(0.5)
     rows = [json.loads(x) for x in (small_data / "data.jsonl").read_text().splitlines()]
-    assert all({"image", "note", "label"} <= set(r) <= {"image", "note", "label", "region"} for r in rows)
+    assert all(
+        {"image", "note", "label"} <= set(r) <= {"image", "note", "label", "region"} for r in rows
+    )
     # every localized defect knows where it is: discs [x, y, r] inside the 128 px image
     for r, s in zip(rows, ds.samples, strict=True):
         assert ("region" in r) == (r["label"] != "normal")
