@@ -12,7 +12,9 @@ use common::{TestServer, samples};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_warm_up() {
-    let server = TestServer::start_unready(&["--warmup-batches=150"]).await;
+    // A few full batches of the demo model (EfficientNet-Lite0 + MiniLM) keep it warming up
+    // for a while; 150 (sized for the v1 tiny model) took minutes.
+    let server = TestServer::start_unready(&["--warmup-batches=4"]).await;
     let live = server
         .client
         .get(server.url("/healthz"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from kensa_pipeline.models.efficientnet import EfficientNetEncoder, FoldedEfficientNetEncoder
 from kensa_pipeline.models.kensa import KensaModel
 from kensa_pipeline.tokenizer import PAD_ID, encode_batch, load_tokenizer, save_tokenizer
 
@@ -29,7 +31,12 @@ SCHEMA_VERSION = 1
 class _Vision(nn.Module):
     def __init__(self, m: KensaModel) -> None:
         super().__init__()
-        self.m = m.vision
+        # EfficientNet exports with its BatchNorms folded into the convolutions.
+        self.m = (
+            FoldedEfficientNetEncoder(m.vision)
+            if isinstance(m.vision, EfficientNetEncoder)
+            else m.vision
+        )
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
         return self.m(pixel_values)  # type: ignore[no-any-return]
@@ -88,8 +95,88 @@ def _fix_dims(path: Path, shapes: dict[str, list[Any]]) -> None:
     onnx.save(model, str(path))
 
 
+def store_fp16_exact(path: Path, min_size: int = 1024) -> int:
+    """Store every float32 initializer whose values are all exactly representable in float16
+    (and that has at least ``min_size`` elements) as float16 followed by a Cast to float32.
+    Lossless by construction (the values are unchanged); returns how many were converted."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    casts = []
+    converted = 0
+    for init in list(g.initializer):
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        arr = numpy_helper.to_array(init)
+        if arr.size < min_size:
+            continue
+        half = arr.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), arr):
+            continue
+        g.initializer.remove(init)
+        g.initializer.append(numpy_helper.from_array(half, init.name + "__fp16"))
+        casts.append(
+            helper.make_node(
+                "Cast",
+                [init.name + "__fp16"],
+                [init.name],
+                to=TensorProto.FLOAT,
+                name=init.name + "__cast",
+            )
+        )
+        converted += 1
+    for node in reversed(casts):
+        g.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return converted
+
+
 def _io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
     return {"name": name, "dtype": dtype, "shape": shape}
+
+
+def graph_io(model: KensaModel) -> dict[str, Any]:
+    """The manifest's ``graphs`` section (I/O names, dtypes, shapes) for ``model``."""
+    s = model.spec
+    v, t = s.vision, s.text
+    g = v.grid
+    n = v.num_patches
+    c = len(s.labels)
+    return {
+        "vision": {
+            "file": "vision.onnx",
+            "inputs": [
+                _io("pixel_values", "float32", ["batch", v.channels, v.image_size, v.image_size])
+            ],
+            "outputs": [
+                _io("patch_tokens", "float32", ["batch", n, v.width]),
+                _io("pooled", "float32", ["batch", v.width]),
+            ],
+        },
+        "text": {
+            "file": "text.onnx",
+            "inputs": [
+                _io("input_ids", "int64", ["batch", "tokens"]),
+                _io("attention_mask", "int64", ["batch", "tokens"]),
+            ],
+            "outputs": [_io("token_states", "float32", ["batch", "tokens", t.width])],
+        },
+        "head": {
+            "file": "head.onnx",
+            "inputs": [
+                _io("patch_tokens", "float32", ["batch", n, v.width]),
+                _io("pooled", "float32", ["batch", v.width]),
+                _io("token_states", "float32", ["batch", "tokens", t.width]),
+                _io("attention_mask", "int64", ["batch", "tokens"]),
+            ],
+            "outputs": [
+                _io("logits", "float32", ["batch", c]),
+                _io("attention", "float32", ["batch", g, g]),
+            ],
+        },
+    }
 
 
 def build_manifest(
@@ -102,14 +189,14 @@ def build_manifest(
     metrics: dict[str, Any] | None,
     provenance: dict[str, Any],
     version: int = 1,
+    decision: dict[str, Any] | None = None,
+    validation_distribution: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest.json object (schema_version 1, see models/README.md)."""
     s = model.spec
-    v, t = s.vision, s.text
+    v = s.vision
     g = v.grid
-    n = v.num_patches
-    c = len(s.labels)
-    return {
+    m: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "version": version,
@@ -131,75 +218,28 @@ def build_manifest(
         "text": {"tokenizer": "tokenizer.json", "max_tokens": s.max_tokens, "pad_id": PAD_ID},
         "max_batch_size": max_batch_size,
         "attention_grid": {"height": g, "width": g},
-        "graphs": {
-            "vision": {
-                "file": "vision.onnx",
-                "inputs": [
-                    _io(
-                        "pixel_values", "float32", ["batch", v.channels, v.image_size, v.image_size]
-                    )
-                ],
-                "outputs": [
-                    _io("patch_tokens", "float32", ["batch", n, v.width]),
-                    _io("pooled", "float32", ["batch", v.width]),
-                ],
-            },
-            "text": {
-                "file": "text.onnx",
-                "inputs": [
-                    _io("input_ids", "int64", ["batch", "tokens"]),
-                    _io("attention_mask", "int64", ["batch", "tokens"]),
-                ],
-                "outputs": [_io("token_states", "float32", ["batch", "tokens", t.width])],
-            },
-            "head": {
-                "file": "head.onnx",
-                "inputs": [
-                    _io("patch_tokens", "float32", ["batch", n, v.width]),
-                    _io("pooled", "float32", ["batch", v.width]),
-                    _io("token_states", "float32", ["batch", "tokens", t.width]),
-                    _io("attention_mask", "int64", ["batch", "tokens"]),
-                ],
-                "outputs": [
-                    _io("logits", "float32", ["batch", c]),
-                    _io("attention", "float32", ["batch", g, g]),
-                ],
-            },
-        },
+        "graphs": graph_io(model),
         "metrics": metrics or {},
         "provenance": provenance,
     }
+    if decision is not None:
+        m["decision"] = decision
+    if validation_distribution is not None:
+        m["validation_distribution"] = validation_distribution
+    return m
 
 
-def export_model_folder(
-    model: KensaModel,
-    tokenizer_path: str | Path,
-    out_dir: str | Path,
-    *,
-    name: str,
-    description: str,
-    labels: list[dict[str, Any]],
-    metrics: dict[str, Any] | None = None,
-    provenance: dict[str, Any] | None = None,
-    max_batch_size: int = 16,
-) -> dict[str, Any]:
-    """Export the three graphs + tokenizer + manifest into ``out_dir``; returns the manifest."""
-    if model.spec.mode != "cmaf":
-        raise ValueError("only the full CMAF head is exported (ablation heads are not)")
+def export_towers(model: KensaModel, out_dir: str | Path) -> None:
+    """Export ``vision.onnx`` and ``text.onnx`` into ``out_dir`` (I/O dims fixed to the
+    manifest's). Deterministic: the same weights give byte-identical files, so a frozen
+    pretrained tower is rewritten identically by every export."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    s = model.spec
-    v = s.vision
-    tok = load_tokenizer(tokenizer_path)
-    save_tokenizer(tok, out / "tokenizer.json")
-
-    b, t = 2, 9
-    px = torch.randn(b, v.channels, v.image_size, v.image_size)
-    ids_np, mask_np = encode_batch(tok, ["lot l1 dia 60.1um depth 35um", ""], s.max_tokens)
-    ids = torch.from_numpy(ids_np)
-    mask = torch.from_numpy(mask_np)
-    t = ids.shape[1]
+    v = model.spec.vision
+    px = torch.zeros(2, v.channels, v.image_size, v.image_size)
+    ids = torch.tensor([[2, 7, 3], [2, 3, 0]], dtype=torch.int64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.int64)
     _export(
         _Vision(model),
         (px,),
@@ -224,9 +264,27 @@ def export_model_folder(
             "token_states": {0: "batch", 1: "tokens"},
         },
     )
-    with torch.no_grad():
-        patch_tokens, pooled = model.vision(px)
-        states = model.text(ids, mask)
+    io = graph_io(model)
+    for key in ("vision", "text"):
+        gd = io[key]
+        _fix_dims(out / gd["file"], {x["name"]: x["shape"] for x in gd["inputs"] + gd["outputs"]})
+    if model.spec.text.pretrained:
+        # Pretrained text weights are float16-exact (see load_minilm_l6): store them so.
+        store_fp16_exact(out / "text.onnx")
+
+
+def export_head(model: KensaModel, out_dir: str | Path) -> None:
+    """Export ``head.onnx`` into ``out_dir``."""
+    out = Path(out_dir)
+    model = model.eval()
+    s = model.spec
+    v, t = s.vision, s.text
+    b, n = 2, v.num_patches
+    gen = torch.Generator().manual_seed(0)
+    patch_tokens = torch.randn(b, n, v.width, generator=gen)
+    pooled = patch_tokens.mean(dim=1)
+    states = torch.randn(b, 5, t.width, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.int64)
     _export(
         model.head,
         (patch_tokens, pooled, states, mask),
@@ -242,7 +300,42 @@ def export_model_folder(
             "attention": {0: "batch"},
         },
     )
-    _ = t
+    gd = graph_io(model)["head"]
+    _fix_dims(out / gd["file"], {x["name"]: x["shape"] for x in gd["inputs"] + gd["outputs"]})
+
+
+def export_model_folder(
+    model: KensaModel,
+    tokenizer_path: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str,
+    description: str,
+    labels: list[dict[str, Any]],
+    metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    max_batch_size: int = 16,
+    towers: str | Path | None = None,
+    decision: dict[str, Any] | None = None,
+    validation_distribution: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export the three graphs + tokenizer + manifest into ``out_dir``; returns the manifest.
+
+    ``towers``: a folder with ``vision.onnx``/``text.onnx`` already exported from these
+    towers (by :func:`export_towers`); they are copied instead of exported again."""
+    if model.spec.mode != "cmaf":
+        raise ValueError("only the full CMAF head is exported (ablation heads are not)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    tok = load_tokenizer(tokenizer_path)
+    save_tokenizer(tok, out / "tokenizer.json")
+    if towers is not None:
+        for f in ("vision.onnx", "text.onnx"):
+            shutil.copyfile(Path(towers) / f, out / f)
+    else:
+        export_towers(model, out)
+    export_head(model, out)
     manifest = build_manifest(
         model,
         name=name,
@@ -251,12 +344,9 @@ def export_model_folder(
         max_batch_size=max_batch_size,
         metrics=metrics,
         provenance=provenance or {},
+        decision=decision,
+        validation_distribution=validation_distribution,
     )
-    for gd in manifest["graphs"].values():
-        _fix_dims(
-            out / gd["file"],
-            {x["name"]: x["shape"] for x in gd["inputs"] + gd["outputs"]},
-        )
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
 

@@ -34,6 +34,11 @@ TOKEN_CASES = [
     "lot L2433-12 strip 19 unit R8C11 via 4-4; dia 66.0um, depth 41.8um, offset 9.4um; "
     "remark: hole looks big; operator review requested twice because the drill wear log "
     "shows a spike on spindle 3 and the previous strip had two oversize calls in a row",
+    "lot L2433-12 strip 19 unit R8C11 via 4-4; dia 66.0um, depth 41.8um, offset 9.4um; "
+    "aoi call: DIA_HI DEPTH_HI OFS_HI GRAY; remark: hole looks big; operator review requested "
+    "twice because the drill wear log shows a spike on spindle 3, the previous strip had two "
+    "oversize calls in a row and the strip before that one was re-drilled after a power dip "
+    "on line 3 at 02:14 (ticket 88123-B, see shift log 2417/2418)",
 ]
 
 

@@ -103,6 +103,59 @@ def validate_manifest(m: dict[str, Any]) -> None:
     for k in ("dataset", "seed", "git_commit", "command", "pipeline_version"):
         if k not in prov:
             raise ValueError(f"provenance: missing {k!r}")
+    if "decision" in m:
+        validate_decision(_req(m, "decision", dict, "manifest"))
+    if "validation_distribution" in m:
+        validate_distribution(
+            _req(m, "validation_distribution", dict, "manifest"), [lab["name"] for lab in labels]
+        )
+
+
+def _num(d: dict[str, Any], key: str, where: str) -> float:
+    v = _req(d, key, (int, float), where)
+    if isinstance(v, bool):
+        raise ValueError(f"{where}.{key}: expected a number")
+    return float(v)
+
+
+def validate_decision(d: dict[str, Any]) -> None:
+    """The optional ``decision`` section (see models/README.md)."""
+    if _num(d, "temperature", "decision") <= 0:
+        raise ValueError("decision.temperature must be > 0")
+    for k in ("pass_threshold", "fail_threshold", "target_missed_defect_rate"):
+        v = _num(d, k, "decision")
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"decision.{k} must be in [0, 1]")
+    v = _req(d, "validation", dict, "decision")
+    _req(v, "split", str, "decision.validation")
+    if _req(v, "n", int, "decision.validation") < 0:
+        raise ValueError("decision.validation.n must be >= 0")
+    for k in (
+        "missed_defect_rate",
+        "false_alarm_rate",
+        "review_rate",
+        "ece_before",
+        "ece_after",
+    ):
+        x = _num(v, k, "decision.validation")
+        if not 0.0 <= x <= 1.0:
+            raise ValueError(f"decision.validation.{k} must be in [0, 1]")
+
+
+def validate_distribution(d: dict[str, Any], names: list[str]) -> None:
+    """The optional ``validation_distribution`` section (see models/README.md)."""
+    labels = _req(d, "labels", dict, "validation_distribution")
+    if sorted(labels) != sorted(names):
+        raise ValueError("validation_distribution.labels must have one share per label")
+    edges = _req(d, "confidence_bins", list, "validation_distribution")
+    hist = _req(d, "confidence_hist", list, "validation_distribution")
+    if len(edges) != len(hist) + 1 or len(hist) < 1:
+        raise ValueError("validation_distribution: need len(confidence_bins) = len(hist) + 1")
+    if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        raise ValueError("validation_distribution.confidence_bins must increase")
+    for share in list(labels.values()) + hist:
+        if not 0.0 <= float(share) <= 1.0:
+            raise ValueError("validation_distribution: shares must be in [0, 1]")
 
 
 def _onnx_dims(vi: onnx.ValueInfoProto) -> list[Any]:

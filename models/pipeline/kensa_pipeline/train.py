@@ -68,6 +68,8 @@ class TrainConfig:
     fusion_epochs: int = 16
     fusion_lr: float = 1e-3
     fusion_freeze_encoders: bool = True
+    # Auxiliary CE on the CAM classifier (linear patch classifier, see models/cmaf.py).
+    cam_weight: float = 0.5
 
 
 def seed_everything(seed: int) -> None:
@@ -319,6 +321,8 @@ def fusion_init(image_model: KensaModel, text_model: KensaModel, mode: str) -> d
     if mode == "cmaf":
         clf = image_model.head.classifier.state_dict()
         state |= {f"head.classifier.{k}": v for k, v in clf.items()}
+    if mode in ("cmaf", "concat"):
+        state |= {f"head.cam.{k}": v for k, v in image_model.head.cam.state_dict().items()}
     return state
 
 
@@ -417,11 +421,19 @@ def train_cli(
     image_size: int | None,
     auto_norm: bool = False,
     per_image_norm: bool = False,
+    classes: list[str] | None = None,
+    group_rule: str | None = None,
+    target_missed: float = 0.01,
+    cache: Path = Path(".cache"),
 ) -> dict[str, Any]:
     """``python -m kensa_pipeline train``: writes run folder(s), metrics JSON + Markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(data, normal)
+    ds = load_dataset(data, normal, classes=classes, group_rule=group_rule)
     splits = split_indices(ds, cfg.seed)
+    if vision_preset(vision).pretrained or text_preset(text).pretrained:
+        return _train_frozen(
+            ds, splits, data, out, mode, cfg, vision, text, ablations, target_missed, cache
+        )
     if tokenizer:
         tok = load_tokenizer(tokenizer)
     else:
@@ -502,6 +514,7 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
     model = KensaModel.load(run)
     labels = json.loads((run / "labels.json").read_text())
     metrics: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
     if (run / "metrics.json").exists():
         summary = json.loads((run / "metrics.json").read_text())
         metrics = next(r for r in summary["rows"] if r["variant"] == summary["model"])
@@ -509,6 +522,17 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
         k: v for k, v in metrics.items() if k not in ("variant", "best_epoch", "train_seconds", "n")
     }
     metrics["split"] = "test"
+    towers = None
+    ds_info = (
+        json.loads((run / "dataset.json").read_text()) if (run / "dataset.json").exists() else {}
+    )
+    if ds_info.get("towers") and (Path(ds_info["towers"]) / "vision.onnx").exists():
+        towers = Path(ds_info["towers"])
+    provenance_extra: dict[str, Any] = {}
+    if model.pretrained_prefixes():
+        from kensa_pipeline.frozen import pretrained_provenance
+
+        provenance_extra["pretrained"] = pretrained_provenance(model.spec)
     return export_model_folder(
         model,
         run / "tokenizer.json",
@@ -525,5 +549,89 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
             "git_commit": git_commit(),
             "command": "python -m kensa_pipeline " + " ".join(sys.argv[1:]),
             "pipeline_version": __version__,
+            **provenance_extra,
         },
+        towers=towers,
+        decision=summary.get("decision"),
+        validation_distribution=summary.get("validation_distribution"),
     )
+
+
+def _variants(mode: str, ablations: bool, pfa: bool) -> list[tuple[str, str, bool]]:
+    if ablations:
+        return VARIANTS
+    single = {"image": "image-only", "text": "text-only"}
+    fused = {"concat": "concat fusion", "cmaf": "PFA+CMAF" if pfa else "CMAF"}
+    if mode in single:
+        return [(single[mode], mode, False)]
+    return [VARIANTS[0], VARIANTS[1], (fused[mode], mode, pfa)]
+
+
+def _train_frozen(
+    ds: Dataset,
+    splits: dict[str, np.ndarray],
+    data: Path,
+    out: Path,
+    mode: str,
+    cfg: TrainConfig,
+    vision: str,
+    text: str,
+    ablations: bool,
+    target_missed: float,
+    cache: Path,
+) -> dict[str, Any]:
+    """Pretrained frozen towers: cached features, heads only (see kensa_pipeline.frozen)."""
+    from kensa_pipeline.demo import PRETRAINED_MAX_TOKENS
+    from kensa_pipeline.features import extract_features
+    from kensa_pipeline.frozen import run_frozen, towers_for
+    from kensa_pipeline.models.efficientnet import LITE_MEAN, LITE_STD
+    from kensa_pipeline.models.text import minilm_tokenizer_path
+
+    v, t = vision_preset(vision), text_preset(text)
+    if not (v.pretrained and t.pretrained):
+        raise ValueError(
+            "pretrained towers train frozen, both of them: use --vision efficientnet-lite0 "
+            "with --text minilm-l6"
+        )
+    save_tokenizer(load_tokenizer(minilm_tokenizer_path()), out / "tokenizer.json")
+    spec = ModelSpec(
+        vision=v,
+        text=t,
+        labels=ds.names,
+        normal_label=ds.labels[ds.normal_index].name,
+        mode=mode,
+        image_mean=[LITE_MEAN],
+        image_std=[LITE_STD],
+        max_tokens=PRETRAINED_MAX_TOKENS,
+    )
+    towers = towers_for(spec, cache)
+    image: dict[str, Any] = {"height": v.image_size, "width": v.image_size, "channels": v.channels}
+    image |= {"mean": spec.image_mean, "std": spec.image_std}
+    feats = extract_features(
+        ds,
+        towers,
+        image,
+        out / "tokenizer.json",
+        spec.max_tokens,
+        cache / "features",
+        threads=torch.get_num_threads(),
+    )
+    (out / "labels.json").write_text(json.dumps([asdict(lab) for lab in ds.labels], indent=2))
+    (out / "dataset.json").write_text(json.dumps({"data": str(data), "towers": str(towers)}))
+    variants = _variants(mode, ablations, cfg.pfa_weight > 0)
+    res = run_frozen(ds, splits, spec, cfg, feats, variants, target_missed, out / "runs")
+    res["model"].save(out)
+    summary = {
+        "model": variants[-1][0],
+        "rows": res["table"],
+        "decision": res["decision"],
+        "held_out": res["held_out"],
+        "held_out_empty_notes": res["held_out_empty_notes"],
+        "validation_distribution": res["validation_distribution"],
+        "pointing": res["pointing"],
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "metrics.md").write_text(res["markdown"] + "\n")
+    return {k: v for k, v in summary.items() if k != "validation_distribution"} | {
+        "markdown": res["markdown"]
+    }

@@ -126,7 +126,7 @@ def test_demo_folder_is_valid_and_small() -> None:
     m = validate_folder(d)
     assert m["name"] == "kensa-demo"
     size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-    assert size < 8 * 2**20, f"demo folder is {size} bytes"
+    assert size < 70e6, f"demo folder is {size} bytes"
 
 
 def test_demo_preprocess_fixtures() -> None:

@@ -46,7 +46,14 @@ def test_format_and_notes(small_data: Path) -> None:
     counts = {n: sum(s.label == n for s in ds.samples) for n in ds.names}
     assert counts == class_counts(0.5)
     rows = [json.loads(x) for x in (small_data / "data.jsonl").read_text().splitlines()]
-    assert set(rows[0]) == {"image", "note", "label"}
+    assert all(
+        {"image", "note", "label"} <= set(r) <= {"image", "note", "label", "region"} for r in rows
+    )
+    # every localized defect knows where it is: discs [x, y, r] inside the 128 px image
+    for r, s in zip(rows, ds.samples, strict=True):
+        assert ("region" in r) == (r["label"] != "normal")
+        for x, y, rad in s.region or ():
+            assert -20 < x < 148 and -20 < y < 148 and 0 < rad < 40
     notes = [s.note for s in ds.samples]
     assert any(n == "" for n in notes), "some notes must be empty"
     full = [n for n in notes if n]

@@ -135,8 +135,10 @@ def _via(
     r_hole: float,
     r_pad: float,
     strength: float,
+    region: list[list[float]],
 ) -> None:
-    """Draw one via (pad ring + hole) in place; the centre via carries the defect."""
+    """Draw one via (pad ring + hole) in place; the centre via carries the defect, whose
+    region (discs [x, y, r] in pixels) is appended to ``region``."""
     px, py = gx * PITCH, gy * PITCH
     cx = ox + px * math.cos(theta) - py * math.sin(theta)
     cy = oy + px * math.sin(theta) + py * math.cos(theta)
@@ -153,6 +155,8 @@ def _via(
         m = (2.0 + 3.5 * strength) * Z
         hx, hy = hx + m * math.cos(a), hy + m * math.sin(a)
         geom["shift"] = m
+    if flagged and label in ("oversize", "offset"):
+        region.append([float(hx), float(hy), float(rh)])
     d_pad = np.hypot(xx - cx, yy - cy)
     d_hole = np.hypot(xx - hx, yy - hy)
     pad = _soft_disc(d_pad, r_pad, 1.2)
@@ -168,6 +172,7 @@ def _via(
         amp = 0.12 + 0.20 * strength
         img -= amp * np.exp(-((xx - vx) ** 2 + (yy - vy) ** 2) / (2 * vr**2))
         geom["void"] = strength
+        region.append([float(vx), float(vy), float(2 * vr)])
 
 
 def _smudge(
@@ -179,23 +184,29 @@ def _smudge(
     cy: float,
     r_pad: float,
     strength: float,
-) -> None:
+) -> list[list[float]]:
     """Draw a smudge of 2-4 overlapping dark blobs on the substrate next to the via at
-    (cx, cy): residue, or a loose dust film that looks the same under top light."""
+    (cx, cy): residue, or a loose dust film that looks the same under top light. Returns the
+    blobs as discs [x, y, 2 sigma]."""
     a = rng.uniform(0, 2 * math.pi)
     dist = r_pad + rng.uniform(2, 6) * Z
     sx, sy = cx + dist * math.cos(a), cy + dist * math.sin(a)
     amp = 0.09 + 0.12 * strength
+    blobs = []
     for _ in range(int(rng.integers(2, 5))):
         bx, by = sx + rng.normal(0, 2.5 * Z), sy + rng.normal(0, 2.5 * Z)
         br = rng.uniform(2.5, 5.0) * Z
         img -= amp * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * br**2))
+        blobs.append([float(bx), float(by), float(2 * br)])
+    return blobs
 
 
 def render(
     label: str, rng: np.random.Generator, p_dust_film: float
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Render one image (uint8 HxW) and the true geometry of its flagged via."""
+) -> tuple[np.ndarray, dict[str, float], list[list[float]]]:
+    """Render one image (uint8 HxW), the true geometry of its flagged via and the defect's
+    region: discs [x, y, r] in pixels (x = column, y = row; empty for a normal unit). Void:
+    the dark pocket (r = 2 sigma); oversize and offset: the flagged hole; residue: its blobs."""
     s = IMAGE_SIZE
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     base = rng.uniform(0.42, 0.58)
@@ -209,13 +220,30 @@ def render(
     r_pad = r_hole + rng.uniform(3.2, 4.2) * Z
     strength = float(rng.uniform(0.2, 1.0)) if label != "normal" else 0.0
     geom = {"r_hole": r_hole, "shift": 0.0, "void": 0.0, "flag": float(rng.integers(GRID * GRID))}
+    region: list[list[float]] = []
     for gy in range(-1, 2):
         for gx in range(-1, 2):
-            _via(img, xx, yy, label, rng, geom, gx, gy, ox, oy, theta, r_hole, r_pad, strength)
+            _via(
+                img,
+                xx,
+                yy,
+                label,
+                rng,
+                geom,
+                gx,
+                gy,
+                ox,
+                oy,
+                theta,
+                r_hole,
+                r_pad,
+                strength,
+                region,
+            )
     # Residue, or on any other unit a loose dust film that looks just like it in this
     # top-light image: only the machine's gray-level detector tells them apart.
     if label == "residue":
-        _smudge(img, xx, yy, rng, ox, oy, r_pad, strength)
+        region += _smudge(img, xx, yy, rng, ox, oy, r_pad, strength)
     elif rng.random() < p_dust_film:
         _smudge(img, xx, yy, rng, ox, oy, r_pad, float(rng.uniform(0.2, 1.0)))
     # Nuisance dust specks (any class): small dark or bright dots.
@@ -231,7 +259,7 @@ def render(
     img += rng.uniform(-0.06, 0.06)
     img = _blur(img, float(rng.uniform(0.3, 1.3)))
     img += rng.normal(0, rng.uniform(0.008, 0.03), size=img.shape).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), geom
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), geom, region
 
 
 def _measurements(label: str, geom: dict[str, float], rng: np.random.Generator) -> dict[str, float]:
@@ -299,16 +327,19 @@ def generate(out_dir: str | Path, cfg: GenConfig = GenConfig()) -> Path:
     rng = np.random.default_rng(cfg.seed)
     labels = [c for c, n in class_counts(cfg.scale).items() for _ in range(n)]
     order = rng.permutation(len(labels))
-    records: list[dict[str, str]] = []
+    records: list[dict[str, object]] = []
     notes_pool: list[tuple[str, str]] = []
     for i, j in enumerate(order):
         label = labels[int(j)]
         srng = np.random.default_rng([cfg.seed, i])
-        img, geom = render(label, srng, cfg.p_dust_film)
+        img, geom, region = render(label, srng, cfg.p_dust_film)
         note = format_note(label, geom, srng, cfg)
         name = f"images/{i:05d}.png"
         Image.fromarray(img, mode="L").save(out / name, optimize=False)
-        records.append({"image": name, "note": note, "label": label})
+        rec: dict[str, object] = {"image": name, "note": note, "label": label}
+        if region:
+            rec["region"] = [[round(v, 2) for v in disc] for disc in region]
+        records.append(rec)
         notes_pool.append((label, note))
     # Corrupt notes: empty, or wrong (taken from a unit of another class).
     crng = np.random.default_rng([cfg.seed, 10_000_019])

@@ -36,6 +36,7 @@ from kensa_pipeline.models.pfa import PfaProjection, masked_mean
 from kensa_pipeline.models.text import MASK_NEG
 
 FUSION_MODES = ("image", "text", "concat", "cmaf")
+ATTENTION_MAPS = ("cmaf", "cam")
 
 
 class CrossAttention(nn.Module):
@@ -69,6 +70,8 @@ class CrossAttention(nn.Module):
 class CmafHead(nn.Module):
     """PFA projections + CMAF + classifier: the graph exported as ``head.onnx``."""
 
+    normal_onehot: Tensor
+
     def __init__(
         self,
         vision_width: int,
@@ -79,12 +82,24 @@ class CmafHead(nn.Module):
         heads: int = 4,
         mode: str = "cmaf",
         dropout: float = 0.1,
+        normal_index: int = 0,
+        attention_map: str = "cmaf",
     ) -> None:
         super().__init__()
         if mode not in FUSION_MODES:
             raise ValueError(f"mode must be one of {FUSION_MODES}")
+        if attention_map not in ATTENTION_MAPS:
+            raise ValueError(f"attention_map must be one of {ATTENTION_MAPS}")
         self.mode = mode
         self.grid = grid
+        self.normal_index = normal_index
+        self.attention_map = attention_map
+        # Linear patch classifier for the class activation map (trained by an auxiliary loss
+        # on its mean over patches; being linear, its per-patch scores are an exact CAM).
+        self.cam = nn.Linear(dim, num_classes)
+        onehot = torch.zeros(num_classes)
+        onehot[normal_index] = 1.0
+        self.register_buffer("normal_onehot", onehot, persistent=False)
         self.proj = PfaProjection(vision_width, text_width, dim)
         self.t2i = CrossAttention(dim, heads)
         self.t2i_norm = nn.LayerNorm(dim)
@@ -114,6 +129,9 @@ class CmafHead(nn.Module):
         b, n, _ = patch_tokens.shape
         img_vec = self.proj.image(pooled)  # [B, Dp]
         out: dict[str, Tensor] = {"img_vec": img_vec}
+        img_tok = self.proj.image(patch_tokens)  # [B, N, Dp]
+        cam_scores = self.cam(img_tok)  # [B, N, C]: per-patch logits of the linear classifier
+        out["cam_logits"] = cam_scores.mean(dim=1)
         if self.mode == "image":
             feats = img_vec
             attn = torch.full((b, n), 1.0 / n, dtype=pooled.dtype, device=pooled.device)
@@ -132,7 +150,6 @@ class CmafHead(nn.Module):
                 feats = torch.cat([img_vec, txt_vec], dim=-1)
                 attn = torch.full((b, n), 1.0 / n, dtype=pooled.dtype, device=pooled.device)
             else:
-                img_tok = self.proj.image(patch_tokens)  # [B, N, Dp]
                 # (2) note tokens query the image patches.
                 t2i_out, w = self.t2i(txt_tok, img_tok)  # w: [B, H, T, N]
                 t2i_vec = masked_mean(self.t2i_norm(txt_tok + t2i_out), attention_mask)
@@ -151,9 +168,29 @@ class CmafHead(nn.Module):
                 fused = self.fuse(torch.cat([t2i_vec, i2t_vec, txt_vec], dim=-1))
                 feats = img_vec + g * fused
         out["features"] = feats
-        out["logits"] = self.classifier(feats)
-        out["attention"] = attn.reshape(b, self.grid[0], self.grid[1])
+        logits = self.classifier(feats)
+        out["logits"] = logits
+        cmaf_map = attn.reshape(b, self.grid[0], self.grid[1])
+        cam_map = self.class_activation_map(cam_scores, logits).reshape(b, *self.grid)
+        out["attention_cmaf"] = cmaf_map
+        out["attention_cam"] = cam_map
+        out["attention"] = cam_map if self.attention_map == "cam" else cmaf_map
         return out
+
+    def class_activation_map(self, cam_scores: Tensor, logits: Tensor) -> Tensor:
+        """Where the evidence for the most likely defect class lies: per patch n,
+        relu(s[n, c] - s[n, normal]) with c the defect class of highest logit (the class a
+        fail would name, also for a unit that passes), normalised to sum to 1 (uniform when
+        no patch carries evidence). ``cam_scores`` [B, N, C], ``logits`` [B, C] -> [B, N]."""
+        c = logits.shape[1]
+        is_normal = self.normal_onehot.to(logits.dtype)
+        masked = logits - is_normal * 1e9
+        top = torch.nn.functional.one_hot(masked.argmax(dim=1), c).to(cam_scores.dtype)
+        sel = (top - is_normal).unsqueeze(1)  # [B, 1, C]: +1 defect class, -1 normal
+        m = torch.relu((cam_scores * sel).sum(dim=-1))  # [B, N]
+        eps = 1e-6
+        n = m.shape[1]
+        return (m + eps / n) / (m.sum(dim=1, keepdim=True) + eps)
 
     def forward(
         self, patch_tokens: Tensor, pooled: Tensor, token_states: Tensor, attention_mask: Tensor

