@@ -16,16 +16,6 @@ const TEMPERATURE: f32 = 2.0;
 const PASS: f32 = 0.6;
 const FAIL: f32 = 0.5;
 
-/// The calibrated probabilities of a sample whose plain softmax Python recorded:
-/// softmax(log(p) / T) equals softmax(logits / T).
-fn calibrated(plain: &[f32]) -> Vec<f32> {
-    let scaled: Vec<f32> = plain.iter().map(|p| p.ln() / TEMPERATURE).collect();
-    let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = scaled.iter().map(|s| (s - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.iter().map(|e| e / sum).collect()
-}
-
 /// What the rule says for calibrated probabilities in label order (normal first).
 fn expected(probabilities: &[f32], pass: f32, fail: f32) -> (&'static str, Option<usize>) {
     let (top, p) = probabilities
@@ -97,7 +87,7 @@ async fn a_decision_rule_disposes_every_verdict_on_every_path() {
             .iter()
             .map(|n| verdict["probabilities"][n].as_f64().unwrap() as f32)
             .collect();
-        let want = calibrated(&sample.probabilities);
+        let want = common::calibrate(&sample.probabilities, TEMPERATURE);
         for (got, want) in probabilities.iter().zip(&want) {
             assert!(
                 (got - want).abs() < 1e-4,
@@ -216,7 +206,9 @@ async fn a_decision_rule_disposes_every_verdict_on_every_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_decision_rule_verdicts_keep_the_arg_max_alone() {
-    let server = TestServer::start(&[]).await;
+    let model = demo_with_decision(serde_json::Value::Null);
+    let server =
+        TestServer::start(&[&format!("--model-repository={}", model.path().display())]).await;
     let sample = &samples()[0];
     let verdict = post(&server, sample, &[("station_id", "aoi-07")]).await;
     assert!(verdict.get("disposition").is_none(), "{verdict}");

@@ -9,11 +9,13 @@ use common::{TestServer, label_names, samples};
 use kensa::verdict::Verdict;
 
 /// Rust preprocessing + Rust ONNX Runtime must give what the Python pipeline gave for the same
-/// file: same label, probabilities and attention within 1e-4.
+/// file: same label, probabilities (calibrated by the manifest's temperature, as the service
+/// reports them) and attention within 1e-4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_samples_get_their_labels_and_match_python() {
     let server = TestServer::start(&[]).await;
     let labels = label_names();
+    let temperature = common::demo_temperature();
     for sample in samples() {
         let response = server
             .inspect(&sample, &[("inspection_id", &sample.name)])
@@ -24,7 +26,8 @@ async fn fixture_samples_get_their_labels_and_match_python() {
         assert_eq!(verdict.inspection_id, sample.name);
         assert_eq!(verdict.station_id, "aoi-07");
         assert_eq!(verdict.is_defect, sample.label != "normal");
-        for (label, expected) in labels.iter().zip(&sample.probabilities) {
+        let expected_probabilities = common::calibrate(&sample.probabilities, temperature);
+        for (label, expected) in labels.iter().zip(&expected_probabilities) {
             let got = verdict.probabilities[label];
             assert!(
                 (got - expected).abs() <= 1e-4,

@@ -211,6 +211,23 @@ pub fn samples() -> Vec<Sample> {
         .collect()
 }
 
+/// `softmax(log(p) / temperature)`: the calibrated probabilities of a sample whose plain
+/// softmax `p` Python recorded (`log(p)` differs from the logits by a constant, which the
+/// softmax cancels).
+pub fn calibrate(plain: &[f32], temperature: f32) -> Vec<f32> {
+    let scaled: Vec<f32> = plain.iter().map(|p| p.ln() / temperature).collect();
+    let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = scaled.iter().map(|s| (s - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+/// The demo model's calibration temperature (1 when its manifest has no decision section).
+pub fn demo_temperature() -> f32 {
+    let manifest = kensa::model::manifest::Manifest::load(&demo_dir()).expect("demo manifest");
+    manifest.decision.map_or(1.0, |d| d.temperature)
+}
+
 /// Label names in logits order, from the demo manifest.
 pub fn label_names() -> Vec<String> {
     let manifest = kensa::model::manifest::Manifest::load(&demo_dir()).expect("demo manifest");
