@@ -254,14 +254,19 @@ fn draw_caption(canvas: &mut RgbImage, band: u32, scale: u32, caption: &Caption)
     let mut text = String::new();
     if !word.is_empty() {
         text.push_str(word);
-        text.push_str("  ");
+        text.push(' ');
     }
     text.push_str(&format!(
-        "{}  {:.1}%",
+        "{} {:.1}%",
         caption.label,
         caption.confidence * 100.0
     ));
-    draw_text(canvas, 4 * scale, 2 * scale, scale, &text, [255, 255, 255]);
+    // Smaller letters rather than a cut-off confidence when the line is long.
+    let chars = text.chars().count().max(1) as u32;
+    let fits = canvas.width().saturating_sub(8 * scale) / (8 * chars);
+    let letters = scale.min(fits).max(1);
+    let top = (band.saturating_sub(8 * letters)) / 2;
+    draw_text(canvas, 4 * scale, top, letters, &text, [255, 255, 255]);
 }
 
 /// The colour bar with its ticks (1x 2x 4x 8x+) and what they measure.
