@@ -101,6 +101,10 @@ pub struct ModelArgs {
     /// Full-size batches run through each session set before the model reports ready.
     #[arg(long, env = "KENSA_WARMUP_BATCHES", default_value_t = 2)]
     pub warmup_batches: usize,
+    /// Recent verdicts per model version that the drift gauges compare with the validation
+    /// distribution in the manifest.
+    #[arg(long, env = "KENSA_DRIFT_WINDOW", default_value_t = 1000)]
+    pub drift_window: usize,
     /// Decision threshold overrides, from the `--config` file's `[[thresholds]]` tables.
     #[arg(skip)]
     pub thresholds: Vec<ThresholdOverride>,
@@ -116,6 +120,7 @@ impl ModelArgs {
             max_delay: self.max_queue_delay,
             warmup_batches: self.warmup_batches,
             thresholds: self.thresholds.clone(),
+            drift_window: self.drift_window,
         }
     }
 }
@@ -329,6 +334,17 @@ pub struct CheckArgs {
     /// Models and runtime.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Batch sizes to time on blank inputs after warm-up (`max`: the model's largest).
+    #[arg(
+        long,
+        env = "KENSA_CHECK_BATCH_SIZES",
+        default_value = "1,max",
+        value_delimiter = ','
+    )]
+    pub batch_sizes: Vec<String>,
+    /// Runs per batch size; the median is reported.
+    #[arg(long, env = "KENSA_CHECK_RUNS", default_value_t = 3)]
+    pub runs: usize,
 }
 
 /// `kensa infer`.

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::batching::{Entry, Priority};
 use crate::error::Error;
 use crate::heatmap;
-use crate::metrics::{ConfidenceLabels, Metrics, VerdictLabels};
+use crate::metrics::{ConfidenceLabels, DriftLabels, Metrics, VerdictLabels};
 use crate::model::manifest::Grid;
 use crate::model::registry::{LoadedModel, ModelRepository};
 use crate::preprocess::image::{ImageLimits, prepare_image};
@@ -445,6 +445,22 @@ impl Inspector {
                 label: label.name.clone(),
             })
             .observe(f64::from(scores.confidence()));
+        if let Some(drift) = model
+            .drift
+            .as_ref()
+            .and_then(|monitor| monitor.observe(scores.index, scores.confidence()))
+        {
+            for (signal, psi) in [("label", drift.labels), ("confidence", drift.confidence)] {
+                self.metrics
+                    .drift
+                    .get_or_create(&DriftLabels {
+                        model: model.name.clone(),
+                        version: model.version.to_string(),
+                        signal: signal.to_string(),
+                    })
+                    .set(psi);
+            }
+        }
         tracing::debug!(
             station_id = %request.station_id,
             model = %model.name,

@@ -12,6 +12,7 @@ pub mod api;
 pub mod batching;
 pub mod config;
 pub mod decision;
+pub mod drift;
 pub mod error;
 pub mod heatmap;
 pub mod inspector;

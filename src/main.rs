@@ -110,6 +110,23 @@ async fn server_stop_signal() {
     }
 }
 
+/// The batch sizes `kensa check` times: numbers, or `max` for the model's largest.
+fn batch_sizes(asked: &[String], max: usize) -> anyhow::Result<Vec<usize>> {
+    asked
+        .iter()
+        .map(|size| match size.trim() {
+            "max" => Ok(max),
+            number => number
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .with_context(|| {
+                    format!("--batch-sizes: {number:?} is not a size from 1 to {max}")
+                }),
+        })
+        .collect()
+}
+
 async fn check(args: CheckArgs) -> anyhow::Result<()> {
     let runtime = Runtime::init(&args.model.runtime)?;
     let root = args.model.model_repository.clone();
@@ -124,12 +141,23 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
             let manifest = &found.manifest;
             let mut timings = serde_json::Map::new();
             if let Some(sessions) = pool.first_mut() {
-                for size in [1, manifest.max_batch_size] {
+                for size in batch_sizes(&args.batch_sizes, manifest.max_batch_size)? {
                     let batch = blank_batch(manifest, size, manifest.text.max_tokens);
-                    let started = Instant::now();
-                    sessions.run(&batch)?;
-                    let ms = started.elapsed().as_secs_f64() * 1000.0;
-                    timings.insert(format!("batch_{size}_ms"), serde_json::json!(ms));
+                    let mut runs = Vec::new();
+                    for _ in 0..args.runs.max(1) {
+                        let started = Instant::now();
+                        sessions.run(&batch)?;
+                        runs.push(started.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    runs.sort_by(f64::total_cmp);
+                    let ms = runs[runs.len() / 2];
+                    timings.insert(
+                        format!("batch_{size}"),
+                        serde_json::json!({
+                            "ms": ms,
+                            "images_per_s": size as f64 * 1000.0 / ms,
+                        }),
+                    );
                 }
             }
             models.push(serde_json::json!({

@@ -85,6 +85,17 @@ pub struct ConfidenceLabels {
     pub label: String,
 }
 
+/// Labels of the drift gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// `label` (the predicted-label mix) or `confidence` (the confidence histogram).
+    pub signal: String,
+}
+
 /// Labels of the model-info gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelInfoLabels {
@@ -127,6 +138,8 @@ pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
     /// Confidence of the predicted label, by model and label: the drift signal.
     pub confidence: Family<ConfidenceLabels, Histogram>,
+    /// Population stability index of recent verdicts against validation (see `drift`).
+    pub drift: Family<DriftLabels, Gauge<f64, AtomicU64>>,
     /// Requests per batch.
     pub batch_size: Family<ModelLabels, Histogram>,
     /// Entries waiting in each model's queue.
@@ -283,6 +296,13 @@ impl Metrics {
             "Probability of the predicted label, by model and label",
             confidence.clone(),
         );
+        let drift = Family::<DriftLabels, Gauge<f64, AtomicU64>>::default();
+        kensa.register(
+            "drift_psi",
+            "Population stability index of the recent verdicts against the validation \
+             distribution, by model, version and signal (label mix, confidence histogram)",
+            drift.clone(),
+        );
         let batch_size = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(1.0, 2.0, 9))
         });
@@ -408,6 +428,7 @@ impl Metrics {
             errors,
             verdicts,
             confidence,
+            drift,
             batch_size,
             queue_depth,
             queue_seconds,

@@ -294,3 +294,40 @@ fn a_broken_model_repository_names_the_file_and_the_mismatch() {
         "{stderr}"
     );
 }
+
+/// After enough verdicts the drift gauges compare them with the manifest's validation
+/// distribution (the demo model records one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_gauges_appear_after_enough_verdicts() {
+    let server = TestServer::start(&["--store=none"]).await;
+    let samples = samples();
+    let mut answered = 0;
+    for round in 0..kensa::drift::MIN_SAMPLES.div_ceil(samples.len()) {
+        let posts = samples.iter().map(|sample| {
+            let id = format!("{}-{round}", sample.name);
+            let server = &server;
+            async move {
+                server
+                    .inspect(sample, &[("inspection_id", id.as_str())])
+                    .await
+                    .status()
+            }
+        });
+        for status in futures::future::join_all(posts).await {
+            assert_eq!(status, 200);
+            answered += 1;
+        }
+    }
+    assert!(answered >= kensa::drift::MIN_SAMPLES);
+    let text = server.get_text("/metrics").await;
+    for signal in ["label", "confidence"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("kensa_drift_psi{") && l.contains(&format!("signal=\"{signal}\""))
+            })
+            .unwrap_or_else(|| panic!("no {signal} drift gauge in\n{text}"));
+        let psi: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(psi.is_finite() && psi >= 0.0, "{line}");
+    }
+}

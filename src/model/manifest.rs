@@ -9,6 +9,7 @@ use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::DecisionSpec;
+use crate::drift::ValidationDistribution;
 
 /// The schema version this service understands.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -49,6 +50,9 @@ pub struct Manifest {
     /// Calibration and operating point (pass / fail / review); absent: arg-max verdicts only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<DecisionSpec>,
+    /// What validation predictions looked like, for the drift gauges; absent: no drift gauge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_distribution: Option<ValidationDistribution>,
 }
 
 /// One class the head can output.
@@ -266,6 +270,9 @@ impl Manifest {
         );
         if let Some(decision) = &self.decision {
             decision.validate()?;
+        }
+        if let Some(distribution) = &self.validation_distribution {
+            distribution.validate()?;
         }
 
         use names::*;

@@ -17,6 +17,7 @@ use super::pipeline::{ModelSessions, blank_batch};
 use super::runtime::{Provider, Runtime};
 use crate::batching::{self, BatchRunner as _, Queue, QueueConfig};
 use crate::decision::{DecisionPolicy, ThresholdOverride};
+use crate::drift::DriftMonitor;
 use crate::error::Error;
 use crate::metrics::{Metrics, ModelInfoLabels, ModelLabels};
 use crate::preprocess::text::NoteTokenizer;
@@ -36,6 +37,8 @@ pub struct LoadOptions {
     pub warmup_batches: usize,
     /// Per-station and per-line overrides of the models' decision thresholds.
     pub thresholds: Vec<ThresholdOverride>,
+    /// Recent verdicts the drift gauges compare with validation.
+    pub drift_window: usize,
 }
 
 /// One model version, loaded and serving.
@@ -54,6 +57,8 @@ pub struct LoadedModel {
     pub provider: Provider,
     /// Its pass / fail / review rule, when the manifest has one.
     pub decision: Option<DecisionPolicy>,
+    /// Recent verdicts against validation, when the manifest records its distribution.
+    pub drift: Option<DriftMonitor>,
 }
 
 impl LoadedModel {
@@ -256,6 +261,17 @@ impl ModelRepository {
                 .decision
                 .clone()
                 .map(|spec| DecisionPolicy::new(&model.name, spec, &options.thresholds));
+            let names: Vec<String> = model
+                .manifest
+                .labels
+                .iter()
+                .map(|l| l.name.clone())
+                .collect();
+            let drift = model
+                .manifest
+                .validation_distribution
+                .as_ref()
+                .map(|reference| DriftMonitor::new(reference, &names, options.drift_window));
             let loaded = LoadedModel {
                 name: model.name,
                 version: model.version,
@@ -264,6 +280,7 @@ impl ModelRepository {
                 queue,
                 provider,
                 decision,
+                drift,
             };
             tracing::info!(
                 model = %loaded.name,

@@ -19,6 +19,11 @@ use serde::Serialize;
 /// The ONNX Runtime release kensa is built and tested against.
 pub const ORT_VERSION: &str = "1.31.1";
 
+/// What a GPU provider needs, said wherever one could not be used.
+const GPU_HINT: &str = "The CUDA and TensorRT providers need ONNX Runtime's GPU build \
+     (scripts/setup-ort.sh --gpu), CUDA 12 and cuDNN 9 on the library path, TensorRT 10 for \
+     tensorrt, and a visible GPU (nvidia-smi); see scripts/gpu-check.sh";
+
 /// Which execution provider the operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,7 +149,17 @@ impl Runtime {
             match self.open_with(file, provider) {
                 Ok(session) => {
                     if resolved.is_none() {
-                        tracing::info!(%provider, "execution provider selected");
+                        if failures.is_empty() {
+                            tracing::info!(%provider, "execution provider selected");
+                        } else {
+                            // Said once, loudly: a GPU node quietly running on CPU is slow.
+                            tracing::warn!(
+                                %provider,
+                                unavailable = %failures.join("; "),
+                                hint = GPU_HINT,
+                                "--device auto fell back"
+                            );
+                        }
                     }
                     *resolved = Some(provider);
                     return Ok((session, provider));
@@ -155,7 +170,16 @@ impl Runtime {
                 }
             }
         }
-        bail!("cannot open {}: {}", file.display(), failures.join("; "))
+        let hint = if self.options.device == DeviceChoice::Cpu {
+            ""
+        } else {
+            GPU_HINT
+        };
+        bail!(
+            "cannot open {}: {}. {hint}",
+            file.display(),
+            failures.join("; ")
+        )
     }
 
     fn open_with(&self, file: &Path, provider: Provider) -> anyhow::Result<Session> {
