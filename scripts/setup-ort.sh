@@ -6,6 +6,7 @@
 #
 #   scripts/setup-ort.sh          # CPU build
 #   scripts/setup-ort.sh --gpu    # CUDA + TensorRT build (needs CUDA 12 and cuDNN 9 at run time)
+#   ORT_DEST=.ort-gpu scripts/setup-ort.sh --gpu   # into .ort-gpu/lib/ instead (gpu-check.sh)
 set -euo pipefail
 
 version=1.31.1
@@ -15,7 +16,7 @@ if [[ "${1:-}" == "--gpu" ]]; then
 fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-dest="$root/.ort/lib"
+dest="$root/${ORT_DEST:-.ort}/lib"
 marker="$dest/.$package-$version"
 if [[ -f "$marker" && -f "$dest/libonnxruntime.so.$version" ]]; then
   exit 0

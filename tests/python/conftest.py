@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,9 @@ def _wait_ready(http: str, process: subprocess.Popen[str], log: list[str]) -> No
     raise RuntimeError("kensa did not become ready:\n" + "\n".join(log))
 
 
-@pytest.fixture(scope="session")
-def kensa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kensa]:
-    """One server for the whole session, on ports the OS picked."""
-    data = tmp_path_factory.mktemp("kensa-data")
+@contextmanager
+def start_kensa(data: Path, extra: list[str] | None = None) -> Iterator[Kensa]:
+    """A `kensa serve` on ports the OS picks, with the demo model and `extra` flags."""
     process = subprocess.Popen(
         [
             str(_binary()),
@@ -121,6 +121,7 @@ def kensa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kensa]:
             "--warmup-batches=1",
             f"--model-repository={DEMO}",
             f"--data-dir={data}",
+            *(extra or []),
         ],
         cwd=ROOT,
         stderr=subprocess.PIPE,
@@ -158,3 +159,10 @@ def kensa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kensa]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def kensa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kensa]:
+    """One server for the whole session, on ports the OS picked."""
+    with start_kensa(tmp_path_factory.mktemp("kensa-data")) as server:
+        yield server
