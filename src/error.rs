@@ -120,6 +120,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// Logs the error by what it means for operators: a fault of the server at error level;
+    /// the designed answers to load, deadlines and outages (503, 504) at warn; a full queue
+    /// (429) at info; a client's mistake not at all (it is counted in the metrics).
+    pub fn log(&self) {
+        match self {
+            Error::Inference(_) | Error::Internal(_) => {
+                tracing::error!(error = %self, code = self.code(), "request failed");
+            }
+            Error::Unavailable(_) | Error::StoreUnavailable(_) | Error::DeadlineExceeded { .. } => {
+                tracing::warn!(error = %self, code = self.code(), "request not served");
+            }
+            Error::QueueFull { .. } => {
+                tracing::info!(error = %self, code = self.code(), "request shed");
+            }
+            _ => {}
+        }
+    }
+
     /// A stable machine-readable code for clients and metrics labels.
     pub fn code(&self) -> &'static str {
         match self {
@@ -205,9 +223,7 @@ pub struct ErrorCode(pub &'static str);
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = StatusCode::from(&self);
-        if status.is_server_error() {
-            tracing::error!(error = %self, code = self.code(), "request failed");
-        }
+        self.log();
         let mut response = (
             status,
             axum::Json(ErrorBody {

@@ -21,6 +21,7 @@ use chrono::Utc;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::batching::{Entry, Priority};
 use crate::error::Error;
@@ -180,14 +181,26 @@ impl Inspector {
     /// Inspects one unit: its verdict (stored, or the stored answer to an earlier request with
     /// the same key), where it sits in the store, and the heat map when asked for.
     pub async fn inspect(&self, mut request: InspectionRequest) -> Result<Inspected, Error> {
+        let span = tracing::info_span!(
+            "inspect",
+            station_id = %request.station_id,
+            inspection_id = tracing::field::Empty,
+            model = tracing::field::Empty,
+            version = tracing::field::Empty,
+        );
         let result = async {
             self.validate(&request)?;
             let image_sha256 = hash(&request.image).await?;
-            match self.lookup(&mut request).await? {
+            let stored = self.lookup(&mut request).await?;
+            if let Some(id) = &request.inspection_id {
+                tracing::Span::current().record("inspection_id", id.as_str());
+            }
+            match stored {
                 Some(stored) => self.replay(stored, &image_sha256, &request).await,
                 None => self.infer_and_store(request, image_sha256).await,
             }
         }
+        .instrument(span)
         .await;
         if result.as_ref().is_ok_and(|inspected| inspected.replayed) {
             self.metrics.idempotent_replays.inc();
@@ -365,6 +378,9 @@ impl Inspector {
         let model = self
             .ready_models()?
             .get(request.model.as_deref(), request.model_version)?;
+        let span = tracing::Span::current();
+        span.record("model", model.name.as_str());
+        span.record("version", model.version);
         let deadline_after = request.deadline.unwrap_or(self.limits.default_deadline);
         let deadline = received + deadline_after;
         let place = model.queue.reserve()?;

@@ -14,11 +14,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
 
 use crate::api::grpc_metrics::GrpcMetricsLayer;
-use crate::api::grpc_server;
 use crate::api::http::router;
 use crate::api::state::AppState;
+use crate::api::{grpc_server, request_id};
 use crate::config::ServeArgs;
 use crate::inspector::{Inspector, Readiness};
 use crate::metrics::Metrics;
@@ -236,8 +237,13 @@ async fn serve(
     let http = axum::serve(listeners.http, app)
         .with_graceful_shutdown(async move { stop.cancelled().await });
     let stop = shutdown.clone();
+    let grpc_layers = tower::ServiceBuilder::new()
+        .layer(request_id::set_layer())
+        .layer(TraceLayer::new_for_grpc().make_span_with(request_id::request_span))
+        .layer(request_id::propagate_layer())
+        .layer(grpc_layer);
     let grpc_server = tonic::transport::Server::builder()
-        .layer(grpc_layer)
+        .layer(grpc_layers)
         .add_routes(grpc.routes)
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY small unary answers wait for delayed ACKs (about 40 ms).

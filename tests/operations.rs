@@ -331,3 +331,39 @@ async fn drift_gauges_appear_after_enough_verdicts() {
         assert!(psi.is_finite() && psi >= 0.0, "{line}");
     }
 }
+
+/// Every answer carries the request's id, taken from the client or generated, on both ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_taken_or_generated_and_returned() {
+    let server = TestServer::start(&[]).await;
+    let given = server
+        .client
+        .get(server.url("/healthz"))
+        .header("x-request-id", "line3-cell7-0042")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "line3-cell7-0042");
+    let generated = server
+        .client
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    let id = generated.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+
+    let mut grpc = InspectionServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(pb::GetVerdictRequest {
+        station_id: "nobody".into(),
+        inspection_id: "nothing".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "grpc-0001".parse().unwrap());
+    let status = grpc.get_verdict(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.metadata().get("x-request-id").unwrap(), "grpc-0001");
+}

@@ -9,9 +9,10 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use tower_http::trace::TraceLayer;
 
 use super::state::AppState;
-use super::{inspections, ops, v2, verdicts};
+use super::{inspections, ops, request_id, v2, verdicts};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::{RequestLabels, RouteLabels};
 
@@ -28,7 +29,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             record_metrics,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(request_id::propagate_layer())
+        .layer(TraceLayer::new_for_http().make_span_with(request_id::request_span))
+        .layer(request_id::set_layer())
         .with_state(state)
 }
 

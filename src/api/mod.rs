@@ -11,18 +11,15 @@ pub mod http;
 pub mod inspections;
 pub mod ops;
 pub mod proto;
+pub mod request_id;
 pub mod state;
 pub mod v2;
 pub mod verdicts;
 
 use crate::error::Error;
 
-/// The gRPC status of an error, logging it first when it is the server's fault (the gRPC twin of
-/// the HTTP adapter's error response).
+/// The gRPC status of an error, logged as the HTTP answer is (see [`Error::log`]).
 pub(crate) fn grpc_status(error: &Error) -> tonic::Status {
-    let status = tonic::Status::from(error);
-    if status.code() == tonic::Code::Internal {
-        tracing::error!(%error, code = error.code(), "gRPC request failed");
-    }
-    status
+    error.log();
+    tonic::Status::from(error)
 }
