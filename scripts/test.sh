@@ -121,10 +121,10 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "== Python: format, lints, types"
-$py -m ruff format --check models/pipeline tests/python
-$py -m ruff check models/pipeline tests/python
+$py -m ruff format --check models/pipeline tests/python scripts
+$py -m ruff check models/pipeline tests/python scripts
 $py -m mypy --config-file models/pipeline/pyproject.toml models/pipeline/kensa_pipeline
-$py -m mypy --python-version 3.11 --ignore-missing-imports --disallow-untyped-defs tests/python
+$py -m mypy --python-version 3.11 --ignore-missing-imports --disallow-untyped-defs tests/python scripts
 
 echo "== Rust tests"
 cargo test --locked --workspace
