@@ -2,6 +2,8 @@
 //! (`model`, `version`, `route`, `code`, `label` everywhere).
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -67,6 +69,17 @@ pub struct ModelInfoLabels {
     pub provider: String,
 }
 
+/// Labels of the per-stage time histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// `parse`, `decode`, `resize`, `tokenize`, `vision`, `text`, `head`, `respond`.
+    pub stage: &'static str,
+}
+
 type Seconds = Family<RouteLabels, Histogram>;
 type ModelSeconds = Family<ModelLabels, Histogram>;
 
@@ -91,6 +104,12 @@ pub struct Metrics {
     pub preprocess_seconds: ModelSeconds,
     /// Time of one batch in the three graphs.
     pub inference_seconds: ModelSeconds,
+    /// Time of each stage of a request (per request) or of a batch (per graph), so a benchmark
+    /// can say where the milliseconds go.
+    pub stage_seconds: Family<StageLabels, Histogram>,
+    /// CPU time the process has used (user + system), read at each scrape: CPU per request is
+    /// its increase over the requests answered.
+    pub process_cpu_seconds: Gauge<f64, AtomicU64>,
     /// 1 for each loaded model version, labelled with its provider.
     pub model_info: Family<ModelInfoLabels, Gauge>,
     /// 1 once every model is warmed up, 0 before and while draining.
@@ -190,6 +209,20 @@ impl Metrics {
             "Compute time of one batch",
             inference_seconds.clone(),
         );
+        let stage_seconds = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        registry.register(
+            "stage_duration_seconds",
+            "Time of one stage: parse, decode, resize, tokenize, respond per request; vision, text, head per batch",
+            stage_seconds.clone(),
+        );
+        let process_cpu_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time used by the process, user plus system",
+            process_cpu_seconds.clone(),
+        );
         let model_info = Family::<ModelInfoLabels, Gauge>::default();
         registry.register(
             "model_info",
@@ -279,6 +312,8 @@ impl Metrics {
             queue_seconds,
             preprocess_seconds,
             inference_seconds,
+            stage_seconds,
+            process_cpu_seconds,
             model_info,
             ready,
             resident_memory,
@@ -295,10 +330,24 @@ impl Metrics {
         }
     }
 
+    /// Records one stage's time for a model version.
+    pub fn observe_stage(&self, labels: &ModelLabels, stage: &'static str, took: Duration) {
+        self.stage_seconds
+            .get_or_create(&StageLabels {
+                model: labels.model.clone(),
+                version: labels.version.clone(),
+                stage,
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         if let Some(bytes) = resident_memory_bytes() {
             self.resident_memory.set(bytes);
+        }
+        if let Some(seconds) = process_cpu_seconds() {
+            self.process_cpu_seconds.set(seconds);
         }
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
@@ -312,6 +361,20 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Linux reports process times in clock ticks of 1/100 s (USER_HZ) on every architecture
+/// kensa runs on.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// User plus system CPU seconds of this process, from /proc (Linux); `None` elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) / CLOCK_TICKS_PER_SECOND)
 }
 
 /// Reads VmRSS from /proc (Linux); `None` elsewhere.
