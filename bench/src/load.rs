@@ -25,6 +25,14 @@ impl Phase {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// Counts one request's outcome.
+    fn record(&mut self, outcome: Result<Duration, ()>) {
+        match outcome {
+            Ok(latency) => self.latencies.push(latency),
+            Err(()) => self.failures += 1,
+        }
+    }
+
     /// The `p`th percentile latency in milliseconds.
     pub fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
@@ -89,21 +97,12 @@ pub async fn closed_loop(
             let mut n = worker;
             while Instant::now() < end {
                 let outcome = send(&client, &url, &samples[n % samples.len()], n).await;
-                let mut phase = phase.lock().await;
-                match outcome {
-                    Ok(latency) => phase.latencies.push(latency),
-                    Err(()) => phase.failures += 1,
-                }
+                phase.lock().await.record(outcome);
                 n += concurrency;
             }
         }));
     }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let mut phase = std::mem::take(&mut *phase.lock().await);
-    phase.elapsed = started.elapsed();
-    phase
+    finish(tasks, &phase, started).await
 }
 
 /// Requests at `rate` per second, each sent on time whatever the answers do.
@@ -131,14 +130,19 @@ pub async fn open_loop(
         );
         tasks.push(tokio::spawn(async move {
             let outcome = send(&client, &url, &samples[n % samples.len()], n).await;
-            let mut phase = phase.lock().await;
-            match outcome {
-                Ok(latency) => phase.latencies.push(latency),
-                Err(()) => phase.failures += 1,
-            }
+            phase.lock().await.record(outcome);
         }));
         n += 1;
     }
+    finish(tasks, &phase, started).await
+}
+
+/// Waits for a phase's clients and returns what they recorded.
+async fn finish(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    phase: &Mutex<Phase>,
+    started: Instant,
+) -> Phase {
     for task in tasks {
         let _ = task.await;
     }

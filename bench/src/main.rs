@@ -93,6 +93,10 @@ struct BenchArgs {
         default_value = "target/release/kensa"
     )]
     server_bin: PathBuf,
+    /// Run the servers --sweep and --growth start on these CPUs only (`taskset -c`), to measure
+    /// a smaller machine, or to keep the load generator off the server's cores.
+    #[arg(long, env = "KENSA_BENCH_SERVER_CPUS")]
+    server_cpus: Option<String>,
     /// Extra flags for every server --sweep and --growth start (for example --store=sqlite).
     #[arg(long, env = "KENSA_BENCH_SERVER_FLAGS", value_delimiter = ' ')]
     server_flags: Vec<String>,
@@ -438,6 +442,7 @@ async fn start_server(
         &args.server_bin,
         &args.model.model_repository,
         &flags,
+        args.server_cpus.as_deref(),
         client,
     )
     .await

@@ -17,17 +17,28 @@ pub struct SpawnedServer {
 
 impl SpawnedServer {
     /// Starts `bin serve` on the model repository with `flags` added (after `--store none`, so
-    /// flags may choose another store), and waits until it is ready.
+    /// flags may choose another store), and waits until it is ready. The device and anything
+    /// else not given comes from the `KENSA_*` environment, as for any `kensa serve`.
+    /// With `cpus`, the server runs under `taskset -c CPUS` (it then sees only those cores).
     pub async fn start(
         bin: &Path,
         model_repository: &Path,
         flags: &[String],
+        cpus: Option<&str>,
         client: &reqwest::Client,
     ) -> anyhow::Result<SpawnedServer> {
         let port = free_port()?;
         let data = tempfile::tempdir()?;
         let log = std::fs::File::create(data.path().join("kensa.log"))?;
-        let child = Command::new(bin)
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut taskset = Command::new("taskset");
+                taskset.arg("-c").arg(cpus).arg(bin);
+                taskset
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("serve")
             .arg(format!("--model-repository={}", model_repository.display()))
             .arg("--http-host=127.0.0.1")
@@ -35,7 +46,6 @@ impl SpawnedServer {
             .arg("--grpc-host=127.0.0.1")
             .arg("--grpc-port=0")
             .arg(format!("--data-dir={}", data.path().display()))
-            .arg("--device=cpu")
             .arg("--store=none")
             .args(flags)
             .stdin(Stdio::null())

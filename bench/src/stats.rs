@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 /// Stages in the order a request meets them, with the metric and label that time them, and
 /// whether the figure is per request or per batch.
-const STAGES: [(&str, &str, &str); 11] = [
+const STAGES: [(&str, &str, &str); 12] = [
     ("parse", "kensa_stage_duration_seconds", "stage=\"parse\""),
+    ("preprocess", "kensa_preprocess_duration_seconds", ""),
     ("decode", "kensa_stage_duration_seconds", "stage=\"decode\""),
     ("resize", "kensa_stage_duration_seconds", "stage=\"resize\""),
     (
