@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, File, Form, HTTPException
 from kensa_pipeline.preprocess import preprocess_file
-from kensa_pipeline.tokenizer import encode_one, load_tokenizer
+from kensa_pipeline.tokenizer import load_tokenizer
 
 MODEL = Path(os.environ.get("KENSA_PEER_MODEL", "models/demo"))
 MANIFEST: dict[str, Any] = json.loads((MODEL / "manifest.json").read_text())
@@ -41,7 +41,10 @@ def _session(name: str) -> ort.InferenceSession:
 
 
 VISION, TEXT, HEAD = _session("vision"), _session("text"), _session("head")
+# Truncation set once: kensa_pipeline.tokenizer.encode_one switches it on and off around each
+# call, which races between the request threads.
 TOKENIZER = load_tokenizer(MODEL / MANIFEST["text"]["tokenizer"])
+TOKENIZER.enable_truncation(max_length=int(MANIFEST["text"]["max_tokens"]))
 
 app = FastAPI()
 
@@ -58,7 +61,7 @@ def _infer(image: bytes, note: str) -> tuple[np.ndarray, np.ndarray]:
         )[None]
     except Exception as error:  # Pillow raises many kinds for a bad file
         raise HTTPException(status_code=400, detail=f"bad image: {error}") from error
-    ids = np.array([encode_one(TOKENIZER, note, int(MANIFEST["text"]["max_tokens"]))])
+    ids = np.array([TOKENIZER.encode(note).ids], dtype=np.int64)
     mask = np.ones_like(ids)
     patch_tokens, pooled = VISION.run(None, {"pixel_values": pixels})
     (states,) = TEXT.run(None, {"input_ids": ids, "attention_mask": mask})

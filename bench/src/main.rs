@@ -72,7 +72,7 @@ struct BenchArgs {
     #[arg(long, env = "KENSA_BENCH_BARE")]
     bare: bool,
     /// Read server CPU and memory from /proc/PID (and its child processes) instead of the
-    /// server's /metrics: for a server that is not kensa (bench/peer).
+    /// server's /metrics: for a server without kensa's CPU metric (bench/peer, older kensa).
     #[arg(long, env = "KENSA_BENCH_PID")]
     pid: Option<u32>,
     /// Run a soak at the highest concurrency for this long, sampling the server's memory.
@@ -101,19 +101,34 @@ struct BenchArgs {
     #[arg(long, env = "KENSA_BENCH_SERVER_FLAGS", value_delimiter = ' ')]
     server_flags: Vec<String>,
     /// --sessions values the sweep tries.
-    #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KENSA_BENCH_SWEEP_SESSIONS",
+        default_value = "1,2,4",
+        value_delimiter = ','
+    )]
     sweep_sessions: Vec<usize>,
     /// --intra-threads values the sweep tries.
-    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KENSA_BENCH_SWEEP_INTRA_THREADS",
+        default_value = "1,2",
+        value_delimiter = ','
+    )]
     sweep_intra_threads: Vec<usize>,
     /// --max-batch-size values the sweep tries.
-    #[arg(long, default_value = "8,16", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KENSA_BENCH_SWEEP_MAX_BATCH",
+        default_value = "8,16",
+        value_delimiter = ','
+    )]
     sweep_max_batch: Vec<usize>,
     /// --max-queue-delay values the sweep tries.
-    #[arg(long, default_value = "0ms,2ms", value_delimiter = ',', value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KENSA_BENCH_SWEEP_MAX_DELAY", default_value = "0ms,2ms", value_delimiter = ',', value_parser = humantime::parse_duration)]
     sweep_max_delay: Vec<Duration>,
     /// Clients in the sweep's saturation phase.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "KENSA_BENCH_SWEEP_CONCURRENCY", default_value_t = 64)]
     sweep_concurrency: usize,
     /// Model and runtime of the bare measurement (and the model --sweep and --growth serve).
     #[command(flatten)]
@@ -224,9 +239,9 @@ async fn serve_phases(
 ) -> anyhow::Result<()> {
     let url = args.url.trim_end_matches('/').to_string();
     wait_ready(client, &url).await?;
-    let source = match args.pid {
-        Some(pid) => Source::Process(pid),
-        None => Source::Metrics(url.clone()),
+    let source = Source {
+        url: url.clone(),
+        pid: args.pid,
     };
     println!("\n{PHASE_HEADER}");
     let mut phases = Vec::new();
@@ -367,7 +382,10 @@ async fn sweep(
     let mut results: Vec<(Vec<String>, f64, f64)> = Vec::new();
     for flags in sweep_configs(args) {
         let server = start_server(args, client, flags.clone()).await?;
-        let source = Source::Metrics(server.url.clone());
+        let source = Source {
+            url: server.url.clone(),
+            pid: None,
+        };
         let m = closed_phase(
             client,
             &server.url,
@@ -470,7 +488,10 @@ async fn growth(args: &BenchArgs, client: &reqwest::Client) -> anyhow::Result<()
     };
     const CLIENTS: usize = 16;
     let server = start_server(args, client, Vec::new()).await?;
-    let source = Source::Metrics(server.url.clone());
+    let source = Source {
+        url: server.url.clone(),
+        pid: None,
+    };
     let standard = frames(FRAME_SIZES[0], 200)?;
     for clients in [1, 4, 16, 64, 256] {
         let m = closed_phase(client, &server.url, &source, &standard, clients, args).await;
@@ -493,7 +514,10 @@ async fn growth(args: &BenchArgs, client: &reqwest::Client) -> anyhow::Result<()
     drop(server);
     for batch in [1, 4, 8, 16] {
         let server = start_server(args, client, vec![format!("--max-batch-size={batch}")]).await?;
-        let source = Source::Metrics(server.url.clone());
+        let source = Source {
+            url: server.url.clone(),
+            pid: None,
+        };
         let m = closed_phase(client, &server.url, &source, &standard, 64, args).await;
         row("max batch (64 stations)", &batch.to_string(), &m);
     }

@@ -54,32 +54,32 @@ pub struct Snapshot {
     batches: (f64, f64),
 }
 
-/// Where a server's figures come from.
+/// Where a server's figures come from: its `/metrics` (kensa's stages, CPU and memory, where
+/// the server has them) and, for a server without kensa's metrics, `/proc/<pid>` and its
+/// direct children for CPU and memory.
 #[derive(Debug, Clone)]
-pub enum Source {
-    /// kensa's own `/metrics`.
-    Metrics(String),
-    /// `/proc/<pid>` and its direct children (a server without kensa's metrics).
-    Process(u32),
+pub struct Source {
+    /// The server's base URL.
+    pub url: String,
+    /// Its process, when CPU and memory are to be read from /proc.
+    pub pid: Option<u32>,
 }
 
 impl Source {
     /// Reads the figures now.
     pub async fn snapshot(&self, client: &reqwest::Client) -> Snapshot {
-        match self {
-            Source::Metrics(url) => {
-                let text = match client.get(format!("{url}/metrics")).send().await {
-                    Ok(response) => response.text().await.unwrap_or_default(),
-                    Err(_) => String::new(),
-                };
-                parse_metrics(&text)
+        let text = match client.get(format!("{}/metrics", self.url)).send().await {
+            Ok(response) if response.status().is_success() => {
+                response.text().await.unwrap_or_default()
             }
-            Source::Process(pid) => Snapshot {
-                cpu_seconds: process_tree_cpu_seconds(*pid),
-                rss_mib: process_rss_mib(*pid),
-                ..Snapshot::default()
-            },
+            _ => String::new(),
+        };
+        let mut snapshot = parse_metrics(&text);
+        if let Some(pid) = self.pid {
+            snapshot.cpu_seconds = process_tree_cpu_seconds(pid);
+            snapshot.rss_mib = process_tree_rss_mib(pid);
         }
+        snapshot
     }
 }
 
@@ -192,14 +192,21 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
 
 /// CPU seconds of a process and its direct children (a server with worker processes).
 fn process_tree_cpu_seconds(pid: u32) -> Option<f64> {
-    let own = process_cpu_seconds(pid)?;
-    let children: f64 = std::fs::read_dir("/proc")
-        .ok()?
+    Some(process_cpu_seconds(pid)? + children(pid).filter_map(process_cpu_seconds).sum::<f64>())
+}
+
+/// Resident memory of a process and its direct children, in MiB.
+fn process_tree_rss_mib(pid: u32) -> Option<f64> {
+    Some(process_rss_mib(pid)? + children(pid).filter_map(process_rss_mib).sum::<f64>())
+}
+
+/// The direct children of a process.
+fn children(pid: u32) -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&child| parent_of(child) == Some(pid))
-        .filter_map(process_cpu_seconds)
-        .sum();
-    Some(own + children)
+        .filter(move |&child| parent_of(child) == Some(pid))
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
