@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== setup"
+scripts/setup-system.sh
 scripts/setup-ort.sh
 scripts/setup-python.sh
 py=.venv/bin/python
@@ -121,13 +122,15 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "== Python: format, lints, types"
-$py -m ruff format --check models/pipeline tests/python scripts
-$py -m ruff check models/pipeline tests/python scripts
+$py -m ruff format --check models/pipeline tests/python scripts bench/peer
+$py -m ruff check models/pipeline tests/python scripts bench/peer
 $py -m mypy --config-file models/pipeline/pyproject.toml models/pipeline/kensa_pipeline
 $py -m mypy --python-version 3.11 --ignore-missing-imports --disallow-untyped-defs tests/python scripts
 
 echo "== Rust tests"
 cargo test --locked --workspace
+# The hot-function benchmarks are built, not run: timings belong on a quiet machine.
+cargo bench --locked --workspace --no-run
 
 echo "== Python tests"
 $py -m pytest models/pipeline/tests

@@ -16,8 +16,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::decision::ThresholdOverride;
 use crate::inspector::Limits;
-use crate::model::registry::LoadOptions;
+use crate::model::registry::{BucketChoice, LoadOptions};
 use crate::model::runtime::RuntimeOptions;
+use crate::model::threading::ThreadingRequest;
 use crate::preprocess::image::ImageLimits;
 use crate::publish::mqtt::MqttConfig;
 use crate::store::StoreLocation;
@@ -86,14 +87,21 @@ pub struct ModelArgs {
     /// ONNX Runtime and execution provider.
     #[command(flatten)]
     pub runtime: RuntimeOptions,
-    /// Session sets per model version: how many batches may run at once.
-    #[arg(long, env = "KENSA_SESSIONS", default_value_t = 1)]
-    pub sessions: usize,
+    /// Session sets per model version: how many batches may run at once (default: cores /
+    /// --intra-threads on CPU, 2 on a GPU).
+    #[arg(long, env = "KENSA_SESSIONS")]
+    pub sessions: Option<usize>,
+    /// Batch sizes batches are padded to: auto (powers of two up to the largest batch on
+    /// TensorRT, none elsewhere), none, or a list such as 1,2,4,8,16.
+    #[arg(long, env = "KENSA_BATCH_BUCKETS", default_value = "auto", value_parser = BucketChoice::parse)]
+    pub batch_buckets: BucketChoice,
     /// Largest batch (default and upper bound: the manifest's max_batch_size).
     #[arg(long, env = "KENSA_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
-    /// Longest a batch waits to fill after its first request arrives (0: take what is there).
-    #[arg(long, env = "KENSA_MAX_QUEUE_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
+    /// Longest a batch waits to fill after its first request arrives while a session is free
+    /// (0: take what is there; requests that arrive while every session is busy form the next
+    /// batch anyway).
+    #[arg(long, env = "KENSA_MAX_QUEUE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub max_queue_delay: Duration,
     /// Requests that may wait per model version; the next gets 429.
     #[arg(long, env = "KENSA_QUEUE_CAPACITY", default_value_t = 256)]
@@ -114,7 +122,12 @@ impl ModelArgs {
     /// How the repository is loaded.
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
-            sessions: self.sessions,
+            threading: ThreadingRequest {
+                sessions: self.sessions,
+                intra_threads: self.runtime.intra_threads,
+                spinning: self.runtime.ort_spin,
+            },
+            buckets: self.batch_buckets.clone(),
             max_batch_size: self.max_batch_size,
             queue_capacity: self.queue_capacity,
             max_delay: self.max_queue_delay,
@@ -533,7 +546,7 @@ mod tests {
         };
         assert_eq!(serve.http_port, 9000);
         assert_eq!(serve.model.max_queue_delay, Duration::from_millis(7));
-        assert_eq!(serve.model.sessions, 2);
+        assert_eq!(serve.model.sessions, Some(2));
     }
 
     #[test]

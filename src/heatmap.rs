@@ -111,7 +111,7 @@ pub fn display_size(width: u32, height: u32) -> (u32, u32) {
 
 /// The station's image in RGB at [`display_size`].
 fn display_image(image: &[u8], limits: &ImageLimits) -> Result<RgbImage, Error> {
-    let decoded = decode(image, limits)?;
+    let decoded = decode(image, limits, (MAX_SIDE, MAX_SIDE))?;
     let (width, height) = display_size(decoded.width(), decoded.height());
     let rgb = decoded.to_rgb8();
     if (width, height) == rgb.dimensions() {

@@ -582,9 +582,15 @@ impl Inspector {
         let image = request.image.clone();
         let note = request.note.clone();
         let limits = self.limits.image;
+        let metrics = Arc::clone(&self.metrics);
         tokio::task::spawn_blocking(move || {
             let prepared = prepare_image(&image, &model.manifest.image, &limits)?;
+            let tokenize_started = Instant::now();
             let ids = model.tokenizer.encode(&note)?;
+            let labels = model.labels();
+            metrics.observe_stage(&labels, "decode", prepared.decode_time);
+            metrics.observe_stage(&labels, "resize", prepared.resize_time);
+            metrics.observe_stage(&labels, "tokenize", tokenize_started.elapsed());
             Ok((prepared.pixels, ids))
         })
         .await

@@ -135,12 +135,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
         let mut models = Vec::new();
         for found in registry::discover(&root)? {
             let started = Instant::now();
-            let (mut pool, _tokenizer, provider, warmup) =
-                registry::open_and_warm(runtime, &found, &options)?;
+            let mut opened = registry::open_and_warm(runtime, &found, &options)?;
             let load = started.elapsed();
             let manifest = &found.manifest;
             let mut timings = serde_json::Map::new();
-            if let Some(sessions) = pool.first_mut() {
+            if let Some(sessions) = opened.pool.first_mut() {
                 for size in batch_sizes(&args.batch_sizes, manifest.max_batch_size)? {
                     let batch = blank_batch(manifest, size, manifest.text.max_tokens);
                     let mut runs = Vec::new();
@@ -164,9 +163,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
                 "name": found.name,
                 "version": found.version,
                 "dir": found.dir,
-                "provider": provider,
+                "provider": opened.provider,
+                "threading": opened.threading,
+                "batch_buckets": opened.buckets,
                 "load_ms": load.as_secs_f64() * 1000.0,
-                "warmup_ms": warmup.as_secs_f64() * 1000.0,
+                "warmup_ms": opened.warmup.as_secs_f64() * 1000.0,
                 "timings": timings,
                 "manifest": manifest,
             }));

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -123,6 +124,17 @@ pub struct PrunedLabels {
     pub kind: String,
 }
 
+/// Labels of the per-stage time histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// `parse`, `decode`, `resize`, `tokenize`, `vision`, `text`, `head`, `respond`.
+    pub stage: &'static str,
+}
+
 type ModelSeconds = Family<ModelLabels, Histogram>;
 
 /// The metrics registry and handles to each metric.
@@ -150,6 +162,9 @@ pub struct Metrics {
     pub preprocess_seconds: ModelSeconds,
     /// Time of one batch in the three graphs.
     pub inference_seconds: ModelSeconds,
+    /// Time of each stage of a request (per request) or of a batch (per graph), so a benchmark
+    /// can say where the milliseconds go.
+    pub stage_seconds: Family<StageLabels, Histogram>,
     /// 1 for each loaded model version, labelled with its provider.
     pub model_info: Family<ModelInfoLabels, Gauge>,
     /// 1 once every model is warmed up, 0 before and while draining.
@@ -335,6 +350,14 @@ impl Metrics {
             "Compute time of one batch",
             inference_seconds.clone(),
         );
+        let stage_seconds = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        kensa.register(
+            "stage_duration_seconds",
+            "Time of one stage: parse, decode, resize, tokenize, respond per request; vision, text, head per batch",
+            stage_seconds.clone(),
+        );
         let model_info = Family::<ModelInfoLabels, Gauge>::default();
         kensa.register(
             "model_info",
@@ -434,6 +457,7 @@ impl Metrics {
             queue_seconds,
             preprocess_seconds,
             inference_seconds,
+            stage_seconds,
             model_info,
             ready,
             store_write_seconds,
@@ -470,6 +494,17 @@ impl Metrics {
                 code: code.to_string(),
             })
             .inc();
+    }
+
+    /// Records one stage's time for a model version.
+    pub fn observe_stage(&self, labels: &ModelLabels, stage: &'static str, took: Duration) {
+        self.stage_seconds
+            .get_or_create(&StageLabels {
+                model: labels.model.clone(),
+                version: labels.version.clone(),
+                stage,
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Every metric in the OpenMetrics text format.

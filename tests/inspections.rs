@@ -52,7 +52,19 @@ async fn fixture_samples_get_their_labels_and_match_python() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_answer_like_sequential_ones() {
-    let server = TestServer::start(&["--max-queue-delay=20ms"]).await;
+    answers_match_alone_and_in_batches(&["--max-queue-delay=20ms"]).await;
+}
+
+/// With batch-size buckets (what TensorRT gets by default) every batch is padded with copies of
+/// its last row: those rows must never reach a verdict, nor be counted in its batch size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padded_batches_answer_like_unpadded_ones() {
+    answers_match_alone_and_in_batches(&["--max-queue-delay=20ms", "--batch-buckets=4,8,16"]).await;
+}
+
+/// 32 requests one at a time, then 32 at once: the same verdicts, batched the second time.
+async fn answers_match_alone_and_in_batches(flags: &[&str]) {
+    let server = TestServer::start(flags).await;
     let samples = samples();
     let pick = |i: usize| samples[i % samples.len()].clone();
     let mut sequential = Vec::new();
@@ -85,6 +97,10 @@ async fn concurrent_requests_answer_like_sequential_ones() {
     );
     for (one, many) in sequential.iter().zip(&concurrent) {
         assert_eq!(one.label, many.label);
+        assert!(many.batch_size <= 32);
+        for (a, b) in one.attention.values.iter().zip(&many.attention.values) {
+            assert!((a - b).abs() < 1e-5, "attention {a} vs {b}");
+        }
         for (label, p) in &one.probabilities {
             assert!(
                 (p - many.probabilities[label]).abs() < 1e-5,

@@ -260,7 +260,7 @@ fn check_validates_and_reports_the_model() {
     assert_eq!(report["models"][0]["name"], "kensa-demo");
     assert_eq!(report["models"][0]["provider"], "cpu");
     assert!(
-        report["models"][0]["timings"]["batch_16_ms"]
+        report["models"][0]["timings"]["batch_16"]["ms"]
             .as_f64()
             .unwrap()
             > 0.0

@@ -113,6 +113,17 @@ async fn http_health_and_metadata() {
             .map(|t| t["name"].as_str().unwrap())
             .collect();
         assert_eq!(inputs, ["image", "note", "station_id", "inspection_id"]);
+        let optional: Vec<bool> = metadata["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["optional"] == json!(true))
+            .collect();
+        assert_eq!(
+            optional,
+            [false, true, true, true],
+            "only the image is required"
+        );
         assert_eq!(metadata["outputs"][2]["name"], "probabilities");
         assert_eq!(metadata["outputs"][2]["shape"], json!([-1, 5]));
         assert_eq!(metadata["outputs"][3]["shape"], json!([-1, 7, 7]));
@@ -251,6 +262,25 @@ async fn http_binary_batch_equals_native_verdicts() {
     let ids = split_length_prefixed(&rest[probabilities_size..]);
     assert_eq!(ids.len(), 3);
     assert!(ids.iter().all(|id| !id.is_empty()), "generated ids");
+}
+
+/// A generic load tool sends only the inputs metadata does not mark optional: the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_alone_is_a_complete_request() {
+    let server = TestServer::start(&[]).await;
+    let sample = &samples()[0];
+    let image = base64::engine::general_purpose::STANDARD.encode(&sample.image);
+    let body =
+        json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [image]}]});
+    let response = post_json(&server, &body).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let outputs = answer["outputs"].as_array().unwrap();
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o["name"] == "label" && o["shape"] == json!([1]))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

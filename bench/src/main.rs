@@ -1,48 +1,62 @@
-//! `kensa-bench`: a load generator for a running kensa server, and the bare ONNX Runtime ceiling
-//! of the same model, so the two can be compared in one run on one machine.
+//! `kensa-bench`: a load generator for kensa that says where every millisecond goes, the bare
+//! ONNX Runtime ceiling of the same model in the service's arrangement, a sweep of serving
+//! configurations, and a table of how cost grows with load, image size, note length and
+//! batch size.
 //!
 //! A program of its own (not a `kensa` subcommand), so the HTTP client and the load generator
 //! are not linked into the server.
-//!
-//! Phases: (1) bare batched throughput with no server; (2) closed-loop load at each
-//! concurrency level; (3) open-loop load at half the best throughput, for the latency target;
-//! (4) optionally a soak that samples the server's resident memory.
+
+mod bare;
+mod images;
+mod load;
+mod spawn;
+mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
-use kensa::batching::{BatchInput, BatchRunner as _};
 use kensa::config::ModelArgs;
-use kensa::model::registry;
-use kensa::model::runtime::Runtime;
-use kensa::preprocess::image::{ImageLimits, prepare_image};
-use kensa::preprocess::text::pad_batch;
-use tokio::sync::Mutex;
 
-/// Drive a running kensa server with real images and print throughput and latency; optionally
-/// measure bare ONNX Runtime on the same model for comparison.
+use crate::images::{FRAME_SIZES, Sample};
+use crate::load::{Phase, closed_loop, open_loop};
+use crate::spawn::SpawnedServer;
+use crate::stats::{Cost, Source, load_average};
+
+/// Drive kensa with realistic images and print, for every phase, throughput, latency, server
+/// CPU per request, memory and the mean time of every stage; optionally compare with bare ONNX
+/// Runtime, sweep serving configurations, or tabulate how cost grows.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kensa-bench", version, max_term_width = 100)]
 struct BenchArgs {
-    /// Base URL of the running server.
+    /// Base URL of the running server (not used by --sweep and --growth, which start their own).
     #[arg(long, env = "KENSA_BENCH_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Images to send: a folder (searched recursively for PNG/JPEG/BMP/TIFF), or a samples.jsonl
-    /// with {"image", "note"} lines.
+    /// with {"image", "note"} lines. Default: the generated 640x640 frames.
+    #[arg(long, env = "KENSA_BENCH_IMAGES")]
+    images: Option<PathBuf>,
+    /// Where generated frames live (written on first use, or by --make-images).
     #[arg(
         long,
-        env = "KENSA_BENCH_IMAGES",
-        default_value = "models/demo/fixtures/samples.jsonl"
+        env = "KENSA_BENCH_IMAGES_ROOT",
+        default_value = ".cache/bench-images"
     )]
-    images: PathBuf,
-    /// Comma-separated client concurrency levels for the closed-loop phase.
+    images_root: PathBuf,
+    /// Write AOI-like grayscale JPEGs at 640x640, 2448x2048 and 4096x3072 with notes to
+    /// --images-root, then exit.
+    #[arg(long, env = "KENSA_BENCH_MAKE_IMAGES")]
+    make_images: bool,
+    /// Replace every note with one of this many characters.
+    #[arg(long, env = "KENSA_BENCH_NOTE_CHARS")]
+    note_chars: Option<usize>,
+    /// Comma-separated client concurrency levels for the closed-loop phases.
     #[arg(
         long,
         env = "KENSA_BENCH_CONCURRENCY",
-        default_value = "1,2,4,8,16,32,64",
+        default_value = "1,4,16,64",
         value_delimiter = ','
     )]
     concurrency: Vec<usize>,
@@ -52,48 +66,73 @@ struct BenchArgs {
     /// Unmeasured load before each phase.
     #[arg(long, env = "KENSA_BENCH_WARMUP", default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Also measure bare ONNX Runtime throughput of the model in --model-repository (run it
-    /// while the server is idle: both share the CPU).
+    /// After the load phases, measure bare ONNX Runtime on the model in --model-repository, in
+    /// the arrangement the server's flags give (pass the server's --sessions,
+    /// --intra-threads, --max-batch-size), and the CPU the server spends outside it.
     #[arg(long, env = "KENSA_BENCH_BARE")]
     bare: bool,
+    /// Read server CPU and memory from /proc/PID (and its child processes) instead of the
+    /// server's /metrics: for a server without kensa's CPU metric (bench/peer, older kensa).
+    #[arg(long, env = "KENSA_BENCH_PID")]
+    pid: Option<u32>,
     /// Run a soak at the highest concurrency for this long, sampling the server's memory.
     #[arg(long, env = "KENSA_BENCH_SOAK", value_parser = humantime::parse_duration)]
     soak: Option<Duration>,
-    /// Model and runtime for the bare measurement; give --max-queue-delay the server's value,
-    /// it sets the latency target printed.
+    /// Start kensa with each combination of the --sweep-* values, measure its saturation, and
+    /// print the best as `kensa serve` flags beside the default configuration.
+    #[arg(long, env = "KENSA_BENCH_SWEEP")]
+    sweep: bool,
+    /// Start kensa and tabulate how CPU per request, throughput and p99 grow with stations,
+    /// image size, note length and max batch.
+    #[arg(long, env = "KENSA_BENCH_GROWTH")]
+    growth: bool,
+    /// The kensa binary --sweep and --growth start.
+    #[arg(
+        long,
+        env = "KENSA_BENCH_SERVER_BIN",
+        default_value = "target/release/kensa"
+    )]
+    server_bin: PathBuf,
+    /// Run the servers --sweep and --growth start on these CPUs only (`taskset -c`), to measure
+    /// a smaller machine, or to keep the load generator off the server's cores.
+    #[arg(long, env = "KENSA_BENCH_SERVER_CPUS")]
+    server_cpus: Option<String>,
+    /// Extra flags for every server --sweep and --growth start (for example --store=sqlite).
+    #[arg(long, env = "KENSA_BENCH_SERVER_FLAGS", value_delimiter = ' ')]
+    server_flags: Vec<String>,
+    /// --sessions values the sweep tries.
+    #[arg(
+        long,
+        env = "KENSA_BENCH_SWEEP_SESSIONS",
+        default_value = "1,2,4",
+        value_delimiter = ','
+    )]
+    sweep_sessions: Vec<usize>,
+    /// --intra-threads values the sweep tries.
+    #[arg(
+        long,
+        env = "KENSA_BENCH_SWEEP_INTRA_THREADS",
+        default_value = "1,2",
+        value_delimiter = ','
+    )]
+    sweep_intra_threads: Vec<usize>,
+    /// --max-batch-size values the sweep tries.
+    #[arg(
+        long,
+        env = "KENSA_BENCH_SWEEP_MAX_BATCH",
+        default_value = "8,16",
+        value_delimiter = ','
+    )]
+    sweep_max_batch: Vec<usize>,
+    /// --max-queue-delay values the sweep tries.
+    #[arg(long, env = "KENSA_BENCH_SWEEP_MAX_DELAY", default_value = "0ms,2ms", value_delimiter = ',', value_parser = humantime::parse_duration)]
+    sweep_max_delay: Vec<Duration>,
+    /// Clients in the sweep's saturation phase.
+    #[arg(long, env = "KENSA_BENCH_SWEEP_CONCURRENCY", default_value_t = 64)]
+    sweep_concurrency: usize,
+    /// Model and runtime of the bare measurement (and the model --sweep and --growth serve).
     #[command(flatten)]
     model: ModelArgs,
-}
-
-/// One image and note to send.
-struct Sample {
-    image: Vec<u8>,
-    note: String,
-    name: String,
-}
-
-/// Latencies and failures of one phase.
-#[derive(Default)]
-struct Phase {
-    latencies: Vec<Duration>,
-    failures: usize,
-    elapsed: Duration,
-}
-
-impl Phase {
-    fn throughput(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let mut sorted = self.latencies.clone();
-        sorted.sort_unstable();
-        let index = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-        sorted[index].as_secs_f64() * 1000.0
-    }
 }
 
 #[tokio::main]
@@ -107,144 +146,190 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Runs every phase and prints the figures.
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let samples = Arc::new(load_samples(&args.images)?);
-    println!(
-        "kensa-bench: {} samples from {}",
-        samples.len(),
-        args.images.display()
-    );
+    if args.make_images {
+        return images::make_images(&args.images_root);
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(60))
         .build()?;
-    let url = args.url.trim_end_matches('/').to_string();
-    wait_ready(&client, &url).await?;
-
-    let mut ceiling = None;
-    if args.bare {
-        let (throughput, batch_ms, batch) = bare_throughput(&args, &samples).await?;
-        println!(
-            "bare ONNX Runtime: {throughput:.1} images/s (batch {batch}, {batch_ms:.2} ms per batch, no server)"
-        );
-        ceiling = Some((throughput, batch_ms));
+    let samples = Arc::new(samples(&args, args.images.as_deref(), FRAME_SIZES[0])?);
+    println!("kensa-bench: {} samples, {}", samples.len(), load_average());
+    if args.sweep {
+        return sweep(&args, &client, &samples).await;
     }
+    if args.growth {
+        return growth(&args, &client).await;
+    }
+    serve_phases(&args, &client, &samples).await
+}
 
-    println!(
-        "\n| concurrency | throughput (req/s) | p50 ms | p90 ms | p99 ms | failures | server RSS MiB |"
+/// The samples of `source`, or of the generated frames of `size` (made on first use).
+fn samples(
+    args: &BenchArgs,
+    source: Option<&Path>,
+    size: (u32, u32),
+) -> anyhow::Result<Vec<Sample>> {
+    let source = match source {
+        Some(source) => source.to_path_buf(),
+        None => {
+            images::make_images(&args.images_root)?;
+            images::size_dir(&args.images_root, size).join("samples.jsonl")
+        }
+    };
+    images::load_samples(&source, args.note_chars)
+}
+
+/// One measured phase: load, and what it cost the server.
+struct Measured {
+    phase: Phase,
+    cost: Cost,
+}
+
+async fn closed_phase(
+    client: &reqwest::Client,
+    url: &str,
+    source: &Source,
+    samples: &Arc<Vec<Sample>>,
+    clients: usize,
+    args: &BenchArgs,
+) -> Measured {
+    closed_loop(client, url, samples, clients, args.warmup).await;
+    let before = source.snapshot(client).await;
+    let phase = closed_loop(client, url, samples, clients, args.duration).await;
+    let after = source.snapshot(client).await;
+    let cost = Cost::between(
+        &before,
+        &after,
+        phase.latencies.len(),
+        phase.elapsed.as_secs_f64(),
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    let mut best: f64 = 0.0;
-    for &level in &args.concurrency {
-        closed_loop(&client, &url, &samples, level, args.warmup).await;
-        let phase = closed_loop(&client, &url, &samples, level, args.duration).await;
-        let rss = resident_memory_mib(&client, &url).await;
-        best = best.max(phase.throughput());
+    Measured { phase, cost }
+}
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value.map_or("?".into(), |v| format!("{v:.digits$}"))
+}
+
+const PHASE_HEADER: &str = "| clients | req/s | p50 ms | p90 ms | p99 ms | failed | CPU ms/req | cores busy | RSS MiB | mean batch | machine |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+
+fn phase_row(label: &str, m: &Measured) -> String {
+    format!(
+        "| {label} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+        m.phase.throughput(),
+        m.phase.percentile_ms(50.0),
+        m.phase.percentile_ms(90.0),
+        m.phase.percentile_ms(99.0),
+        m.phase.failures,
+        opt(m.cost.cpu_ms_per_request, 2),
+        opt(m.cost.cores, 2),
+        opt(m.cost.rss_mib, 0),
+        opt(m.cost.mean_batch, 1),
+        load_average(),
+    )
+}
+
+/// Closed-loop phases at each concurrency, open loop at half saturation, then the bare ceiling
+/// and the CPU spent outside ONNX Runtime.
+async fn serve_phases(
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    samples: &Arc<Vec<Sample>>,
+) -> anyhow::Result<()> {
+    let url = args.url.trim_end_matches('/').to_string();
+    wait_ready(client, &url).await?;
+    let source = Source {
+        url: url.clone(),
+        pid: args.pid,
+    };
+    println!("\n{PHASE_HEADER}");
+    let mut phases = Vec::new();
+    for &clients in &args.concurrency {
+        let measured = closed_phase(client, &url, &source, samples, clients, args).await;
+        println!("{}", phase_row(&clients.to_string(), &measured));
+        phases.push((clients, measured));
+    }
+    println!("\nmean time of each stage (ms; per request, or per batch where marked):");
+    for (clients, measured) in &phases {
+        println!("- {clients} clients: {}", measured.cost.stage_line());
+    }
+    let Some((_, saturation)) = phases
+        .iter()
+        .max_by(|a, b| a.1.phase.throughput().total_cmp(&b.1.phase.throughput()))
+    else {
+        return Ok(());
+    };
+    let best = saturation.phase.throughput();
+
+    let rate = best / 2.0;
+    if rate > 0.0 {
+        let before = source.snapshot(client).await;
+        let phase = open_loop(client, &url, samples, rate, args.duration).await;
+        let after = source.snapshot(client).await;
+        let cost = Cost::between(
+            &before,
+            &after,
+            phase.latencies.len(),
+            phase.elapsed.as_secs_f64(),
+        );
         println!(
-            "| {level} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
-            phase.throughput(),
+            "\nopen loop at half saturation ({rate:.1} req/s): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, {} failed, mean batch {}, {}",
             phase.percentile_ms(50.0),
             phase.percentile_ms(90.0),
             phase.percentile_ms(99.0),
             phase.failures,
-            rss.map_or("?".into(), |m| format!("{m:.0}")),
+            opt(cost.mean_batch, 1),
+            load_average(),
         );
-    }
-    if let Some((bare, _)) = ceiling {
-        println!(
-            "\nsaturation: {best:.1} req/s = {:.1}% of bare ONNX Runtime",
-            100.0 * best / bare
-        );
-    }
-
-    let rate = best / 2.0;
-    if rate > 0.0 {
-        let phase = open_loop(&client, &url, &samples, rate, args.duration).await;
-        println!(
-            "\nopen loop at half saturation ({rate:.1} req/s): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, {} failures",
-            phase.percentile_ms(50.0),
-            phase.percentile_ms(90.0),
-            phase.percentile_ms(99.0),
-            phase.failures
-        );
-        if let Some((_, batch_ms)) = ceiling {
-            let target = 3.0 * batch_ms + args.model.max_queue_delay.as_secs_f64() * 1000.0;
+        if let Some((_, batch_ms)) = cost.stages.iter().find(|(name, _)| *name == "batch") {
+            let delay = args.model.max_queue_delay.as_secs_f64() * 1000.0;
+            let target = 2.0 * batch_ms + delay;
             println!(
-                "target p99 <= 3 x batch compute + max-queue-delay = {target:.1} ms: measured/target = {:.2}",
+                "target p99 <= 2 x compute of the batches formed ({batch_ms:.2} ms) + max delay ({delay:.1} ms) = {target:.2} ms: measured / target = {:.2}",
                 phase.percentile_ms(99.0) / target
             );
         }
     }
 
+    if args.bare {
+        let max = bare::measure(&args.model, samples, usize::MAX, args.duration).await?;
+        let plan = max.threading;
+        println!(
+            "\nbare ONNX Runtime, {} session sets x {} threads, batch {}: {:.1} images/s, {:.2} ms per batch, {:.3} CPU ms per image ({})",
+            plan.sessions,
+            plan.intra_threads,
+            max.batch,
+            max.images_per_second,
+            max.batch_ms,
+            max.cpu_ms_per_image,
+            load_average(),
+        );
+        println!(
+            "service at saturation / bare = {best:.1} / {:.1} = {:.2}",
+            max.images_per_second,
+            best / max.images_per_second
+        );
+        let formed = saturation.cost.mean_batch.unwrap_or(1.0).round() as usize;
+        let same = bare::measure(&args.model, samples, formed, args.duration).await?;
+        println!(
+            "bare at the batch size the service formed ({}): {:.1} images/s, {:.3} CPU ms per image",
+            same.batch, same.images_per_second, same.cpu_ms_per_image
+        );
+        if let Some(cpu) = saturation.cost.cpu_ms_per_request {
+            println!(
+                "CPU outside ONNX Runtime per request = {cpu:.3} - {:.3} = {:.3} ms",
+                same.cpu_ms_per_image,
+                cpu - same.cpu_ms_per_image
+            );
+        }
+    }
+
     if let Some(soak) = args.soak {
-        soak_memory(
-            &client,
-            &url,
-            &samples,
-            args.concurrency.iter().copied().max().unwrap_or(8),
-            soak,
-        )
-        .await;
+        let clients = args.concurrency.iter().copied().max().unwrap_or(8);
+        soak_memory(client, &url, &source, samples, clients, soak).await;
     }
     Ok(())
-}
-
-fn load_samples(source: &Path) -> anyhow::Result<Vec<Sample>> {
-    let mut samples = Vec::new();
-    if source.is_file() {
-        let base = source.parent().unwrap_or(Path::new("."));
-        let text = std::fs::read_to_string(source)
-            .with_context(|| format!("cannot read {}", source.display()))?;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let value: serde_json::Value = serde_json::from_str(line)?;
-            let image = value["image"]
-                .as_str()
-                .context("a sample line has no image")?;
-            let path = base.join(image);
-            samples.push(Sample {
-                image: std::fs::read(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-                note: value["note"].as_str().unwrap_or_default().to_string(),
-                name: image.to_string(),
-            });
-        }
-    } else {
-        let mut stack = vec![source.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in
-                std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
-            {
-                let path = entry?.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if is_image(&path) {
-                    samples.push(Sample {
-                        image: std::fs::read(&path)?,
-                        note: String::new(),
-                        name: path.display().to_string(),
-                    });
-                }
-            }
-        }
-        samples.sort_by(|a, b| a.name.cmp(&b.name));
-    }
-    if samples.is_empty() {
-        bail!("no images found in {}", source.display());
-    }
-    Ok(samples)
-}
-
-fn is_image(path: &Path) -> bool {
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    matches!(
-        extension.as_str(),
-        "png" | "jpg" | "jpeg" | "bmp" | "tif" | "tiff"
-    )
 }
 
 async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
@@ -256,119 +341,193 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("{url} did not become ready within 60 s")
+    anyhow::bail!("{url} did not become ready within 60 s")
 }
 
-async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    sample: &Sample,
-    n: usize,
-) -> Result<Duration, ()> {
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(sample.image.clone()).file_name(sample.name.clone()),
-        )
-        .text("note", sample.note.clone())
-        .text("station_id", format!("bench-{}", n % 16))
-        // A fresh id per request: with the verdict store, a repeated id would be answered from
-        // the store without inference and flatter the figures.
-        .text("inspection_id", uuid::Uuid::new_v4().to_string());
-    let started = Instant::now();
-    let response = client
-        .post(format!("{url}/v1/inspections"))
-        .multipart(form)
-        .send()
-        .await
-        .map_err(|_| ())?;
-    let ok = response.status().is_success();
-    let _ = response.bytes().await;
-    if ok { Ok(started.elapsed()) } else { Err(()) }
-}
-
-async fn closed_loop(
-    client: &reqwest::Client,
-    url: &str,
-    samples: &Arc<Vec<Sample>>,
-    concurrency: usize,
-    duration: Duration,
-) -> Phase {
-    let phase = Arc::new(Mutex::new(Phase::default()));
-    let started = Instant::now();
-    let end = started + duration;
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let (client, url, samples, phase) = (
-            client.clone(),
-            url.to_string(),
-            Arc::clone(samples),
-            Arc::clone(&phase),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut n = worker;
-            while Instant::now() < end {
-                let outcome = send(&client, &url, &samples[n % samples.len()], n).await;
-                let mut phase = phase.lock().await;
-                match outcome {
-                    Ok(latency) => phase.latencies.push(latency),
-                    Err(()) => phase.failures += 1,
+/// One serving configuration the sweep tries: `kensa serve` flags.
+fn sweep_configs(args: &BenchArgs) -> Vec<Vec<String>> {
+    let mut configs = vec![Vec::new()];
+    for &sessions in &args.sweep_sessions {
+        for &threads in &args.sweep_intra_threads {
+            for &batch in &args.sweep_max_batch {
+                for delay in &args.sweep_max_delay {
+                    configs.push(vec![
+                        format!("--sessions={sessions}"),
+                        format!("--intra-threads={threads}"),
+                        format!("--max-batch-size={batch}"),
+                        format!("--max-queue-delay={}", humantime::format_duration(*delay)),
+                    ]);
                 }
-                n += concurrency;
             }
-        }));
+        }
     }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let mut phase = std::mem::take(&mut *phase.lock().await);
-    phase.elapsed = started.elapsed();
-    phase
+    configs.push(Vec::new());
+    configs
 }
 
-async fn open_loop(
+/// Starts kensa with every configuration, measures its saturation, prints the best.
+async fn sweep(
+    args: &BenchArgs,
     client: &reqwest::Client,
-    url: &str,
     samples: &Arc<Vec<Sample>>,
-    rate: f64,
-    duration: Duration,
-) -> Phase {
-    let phase = Arc::new(Mutex::new(Phase::default()));
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = Vec::new();
-    let mut n = 0;
-    while started.elapsed() < duration {
-        ticker.tick().await;
-        let (client, url, samples, phase) = (
-            client.clone(),
-            url.to_string(),
-            Arc::clone(samples),
-            Arc::clone(&phase),
+) -> anyhow::Result<()> {
+    println!(
+        "\nsweep: {} clients, {} per configuration; the default configuration runs first and last",
+        args.sweep_concurrency,
+        humantime::format_duration(args.duration)
+    );
+    println!(
+        "\n| flags | req/s | CPU ms/req | p99 ms | mean batch | machine |\n|---|---:|---:|---:|---:|---|"
+    );
+    let mut results: Vec<(Vec<String>, f64, f64)> = Vec::new();
+    for flags in sweep_configs(args) {
+        let server = start_server(args, client, flags.clone()).await?;
+        let source = Source {
+            url: server.url.clone(),
+            pid: None,
+        };
+        let m = closed_phase(
+            client,
+            &server.url,
+            &source,
+            samples,
+            args.sweep_concurrency,
+            args,
+        )
+        .await;
+        drop(server);
+        let shown = if flags.is_empty() {
+            "(default)".to_string()
+        } else {
+            flags.join(" ")
+        };
+        println!(
+            "| {shown} | {:.1} | {} | {:.1} | {} | {} |",
+            m.phase.throughput(),
+            opt(m.cost.cpu_ms_per_request, 2),
+            m.phase.percentile_ms(99.0),
+            opt(m.cost.mean_batch, 1),
+            load_average()
         );
-        tasks.push(tokio::spawn(async move {
-            let outcome = send(&client, &url, &samples[n % samples.len()], n).await;
-            let mut phase = phase.lock().await;
-            match outcome {
-                Ok(latency) => phase.latencies.push(latency),
-                Err(()) => phase.failures += 1,
-            }
-        }));
-        n += 1;
+        results.push((
+            flags,
+            m.phase.throughput(),
+            m.cost.cpu_ms_per_request.unwrap_or(f64::NAN),
+        ));
     }
-    for task in tasks {
-        let _ = task.await;
+    let defaults: Vec<&(Vec<String>, f64, f64)> =
+        results.iter().filter(|r| r.0.is_empty()).collect();
+    let fastest = results
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .context("no configuration ran")?;
+    let leanest = results
+        .iter()
+        .filter(|r| r.2.is_finite())
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .context("no CPU figures")?;
+    println!(
+        "\nbest throughput: kensa serve {} ({:.1} req/s, {:.2} CPU ms/req)",
+        fastest.0.join(" "),
+        fastest.1,
+        fastest.2
+    );
+    println!(
+        "least CPU per request: kensa serve {} ({:.1} req/s, {:.2} CPU ms/req)",
+        leanest.0.join(" "),
+        leanest.1,
+        leanest.2
+    );
+    for (run, default) in defaults.iter().enumerate() {
+        println!(
+            "default (run {}): throughput {:.3} of the best, CPU per request {:.3} of the least",
+            run + 1,
+            default.1 / fastest.1,
+            default.2 / leanest.2
+        );
     }
-    let mut phase = std::mem::take(&mut *phase.lock().await);
-    phase.elapsed = started.elapsed();
-    phase
+    Ok(())
+}
+
+/// Starts the --server-bin with `flags` and the --server-flags.
+async fn start_server(
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    mut flags: Vec<String>,
+) -> anyhow::Result<SpawnedServer> {
+    flags.extend(args.server_flags.iter().cloned());
+    SpawnedServer::start(
+        &args.server_bin,
+        &args.model.model_repository,
+        &flags,
+        args.server_cpus.as_deref(),
+        client,
+    )
+    .await
+}
+
+/// How cost grows with stations, image size, note length and max batch.
+async fn growth(args: &BenchArgs, client: &reqwest::Client) -> anyhow::Result<()> {
+    println!(
+        "\n| what grows | value | req/s | CPU ms/req | p99 ms | mean batch | machine |\n|---|---:|---:|---:|---:|---:|---|"
+    );
+    let row = |what: &str, value: &str, m: &Measured| {
+        println!(
+            "| {what} | {value} | {:.1} | {} | {:.1} | {} | {} |",
+            m.phase.throughput(),
+            opt(m.cost.cpu_ms_per_request, 2),
+            m.phase.percentile_ms(99.0),
+            opt(m.cost.mean_batch, 1),
+            load_average()
+        )
+    };
+    let frames = |size, note_chars| -> anyhow::Result<Arc<Vec<Sample>>> {
+        let mut with_notes = args.clone();
+        with_notes.note_chars = Some(note_chars);
+        Ok(Arc::new(samples(&with_notes, None, size)?))
+    };
+    const CLIENTS: usize = 16;
+    let server = start_server(args, client, Vec::new()).await?;
+    let source = Source {
+        url: server.url.clone(),
+        pid: None,
+    };
+    let standard = frames(FRAME_SIZES[0], 200)?;
+    for clients in [1, 4, 16, 64, 256] {
+        let m = closed_phase(client, &server.url, &source, &standard, clients, args).await;
+        row("stations (640x640, note 200)", &clients.to_string(), &m);
+    }
+    for size in FRAME_SIZES {
+        let samples = frames(size, 200)?;
+        let m = closed_phase(client, &server.url, &source, &samples, CLIENTS, args).await;
+        row(
+            "image size (16 stations)",
+            &format!("{}x{}", size.0, size.1),
+            &m,
+        );
+    }
+    for chars in [0, 200, 4096] {
+        let samples = frames(FRAME_SIZES[0], chars)?;
+        let m = closed_phase(client, &server.url, &source, &samples, CLIENTS, args).await;
+        row("note characters (16 stations)", &chars.to_string(), &m);
+    }
+    drop(server);
+    for batch in [1, 4, 8, 16] {
+        let server = start_server(args, client, vec![format!("--max-batch-size={batch}")]).await?;
+        let source = Source {
+            url: server.url.clone(),
+            pid: None,
+        };
+        let m = closed_phase(client, &server.url, &source, &standard, 64, args).await;
+        row("max batch (64 stations)", &batch.to_string(), &m);
+    }
+    Ok(())
 }
 
 async fn soak_memory(
     client: &reqwest::Client,
     url: &str,
+    source: &Source,
     samples: &Arc<Vec<Sample>>,
     concurrency: usize,
     soak: Duration,
@@ -386,14 +545,14 @@ async fn soak_memory(
     while elapsed < soak {
         let phase = closed_loop(client, url, samples, concurrency, step).await;
         elapsed += step;
-        let rss = resident_memory_mib(client, url).await;
+        let rss = source.snapshot(client).await.rss_mib;
         first = first.or(rss);
         last = rss.or(last);
         println!(
             "| {:.1} | {:.1} | {} |",
             elapsed.as_secs_f64() / 60.0,
             phase.throughput(),
-            rss.map_or("?".into(), |m| format!("{m:.1}"))
+            opt(rss, 1)
         );
     }
     if let (Some(first), Some(last)) = (first, last) {
@@ -402,79 +561,4 @@ async fn soak_memory(
             100.0 * (last - first) / first
         );
     }
-}
-
-async fn resident_memory_mib(client: &reqwest::Client, url: &str) -> Option<f64> {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("kensa_process_resident_memory_bytes "))?;
-    let bytes: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(bytes / (1024.0 * 1024.0))
-}
-
-/// Runs full batches of the real samples straight through the sessions: the ceiling a server
-/// can approach. Returns images/s, ms per batch and the batch size.
-async fn bare_throughput(
-    args: &BenchArgs,
-    samples: &Arc<Vec<Sample>>,
-) -> anyhow::Result<(f64, f64, usize)> {
-    let runtime = Runtime::init(&args.model.runtime)?;
-    let options = args.model.load_options();
-    let root = args.model.model_repository.clone();
-    let samples = Arc::clone(samples);
-    let duration = args.duration;
-    tokio::task::spawn_blocking(move || {
-        let found = registry::discover(&root)?
-            .into_iter()
-            .next()
-            .context("no model")?;
-        let (mut pool, tokenizer, _, _) = registry::open_and_warm(runtime, &found, &options)?;
-        let manifest = &found.manifest;
-        let size = options
-            .max_batch_size
-            .unwrap_or(manifest.max_batch_size)
-            .min(manifest.max_batch_size);
-        let limits = ImageLimits {
-            max_bytes: usize::MAX,
-            max_pixels: u64::MAX,
-        };
-        let mut pixels = Vec::new();
-        let mut notes = Vec::new();
-        for i in 0..size {
-            let sample = &samples[i % samples.len()];
-            pixels.extend(prepare_image(&sample.image, &manifest.image, &limits)?.pixels);
-            notes.push(tokenizer.encode(&sample.note)?);
-        }
-        let note_refs: Vec<&[i64]> = notes.iter().map(Vec::as_slice).collect();
-        let tokens = pad_batch(&note_refs, manifest.text.pad_id);
-        let batch = BatchInput {
-            size,
-            pixels,
-            input_ids: tokens.ids,
-            attention_mask: tokens.mask,
-            tokens: tokens.tokens,
-        };
-        let sessions = pool.first_mut().context("no session")?;
-        let started = Instant::now();
-        let mut batches = 0usize;
-        while started.elapsed() < duration {
-            sessions.run(&batch)?;
-            batches += 1;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        Ok((
-            (batches * size) as f64 / elapsed,
-            1000.0 * elapsed / batches as f64,
-            size,
-        ))
-    })
-    .await?
 }

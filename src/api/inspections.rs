@@ -2,7 +2,7 @@
 //! or a 202 for `mode=async`) out.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,6 +17,7 @@ use super::state::{AppState, read_body};
 use crate::batching::Priority;
 use crate::error::Error;
 use crate::inspector::{Inspected, InspectionRequest};
+use crate::metrics::ModelLabels;
 use crate::verdict::Verdict;
 
 /// The inspection route.
@@ -74,6 +75,7 @@ async fn inspect(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let parse_started = Instant::now();
     let body = read_body(request, state.max_body_bytes).await?;
     let mut inspection = if content_type.starts_with("multipart/form-data") {
         from_multipart(&content_type, body).await?
@@ -93,6 +95,7 @@ async fn inspect(
         return submit(&state, inspection).await;
     }
     inspection.heatmap = query.heatmap || as_png;
+    let parse_time = parse_started.elapsed();
     let Inspected {
         verdict,
         cursor,
@@ -120,11 +123,21 @@ async fn inspect(
         }
         return Ok((headers, png).into_response());
     }
+    let respond_started = Instant::now();
     let body = VerdictBody {
         verdict: &verdict,
         heatmap_png: heatmap_png.map(|png| base64::engine::general_purpose::STANDARD.encode(png)),
     };
-    Ok((headers, axum::Json(body)).into_response())
+    let response = (headers, axum::Json(body)).into_response();
+    let labels = ModelLabels {
+        model: verdict.model.clone(),
+        version: verdict.model_version.to_string(),
+    };
+    state.metrics.observe_stage(&labels, "parse", parse_time);
+    state
+        .metrics
+        .observe_stage(&labels, "respond", respond_started.elapsed());
+    Ok(response)
 }
 
 /// `POST /v1/inspections?mode=async`: 202 with the key at once (200 with the stored verdict

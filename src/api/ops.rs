@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::state::AppState;
 use crate::decision::DecisionPolicy;
 use crate::model::manifest::Label;
+use crate::model::threading::ThreadingPlan;
 
 /// The ops routes.
 pub fn routes() -> Router<AppState> {
@@ -29,13 +30,17 @@ struct ModelSummary<'a> {
     provider: String,
     ready: bool,
     max_batch_size: usize,
+    max_queue_delay_ms: f64,
+    batch_buckets: &'a [usize],
+    threading: ThreadingPlan,
     description: &'a str,
     metrics: &'a serde_json::Value,
     /// The newest version's pass / fail / review rule with its overrides; null without one.
     decision: Option<&'a DecisionPolicy>,
 }
 
-/// `GET /v1/models`: every model with its versions, labels and provider.
+/// `GET /v1/models`: every model with its versions, labels, provider, and how it batches and
+/// threads (so an operator sees what kensa chose for the machine).
 async fn models(State(state): State<AppState>) -> Response {
     let readiness = state.inspector.readiness();
     let ready = readiness.is_ready();
@@ -54,6 +59,9 @@ async fn models(State(state): State<AppState>) -> Response {
             provider: model.provider.to_string(),
             ready,
             max_batch_size: model.queue.config().max_batch_size,
+            max_queue_delay_ms: model.queue.config().max_delay.as_secs_f64() * 1000.0,
+            batch_buckets: model.buckets.sizes(),
+            threading: model.threading,
             description: &model.manifest.description,
             metrics: &model.manifest.metrics,
             decision: model.decision.as_ref(),

@@ -2,13 +2,16 @@
 //! in batches, which a worker runs on a pool of [`BatchRunner`]s.
 
 pub mod batch;
+pub mod buckets;
 pub mod queue;
 pub mod worker;
 
 use std::sync::Arc;
 
-pub use batch::{BatchInput, BatchOutput, BatchRunner};
+pub use batch::{BatchInput, BatchOutput, BatchRunner, GraphTimes};
+pub use buckets::BatchBuckets;
 pub use queue::{Entry, Fill, Priority, Queue, QueueConfig};
+pub use worker::Stacking;
 
 use crate::metrics::{Metrics, ModelLabels};
 
@@ -17,11 +20,11 @@ use crate::metrics::{Metrics, ModelLabels};
 pub fn start<R: BatchRunner>(
     config: QueueConfig,
     runners: Vec<R>,
-    pad_id: u32,
+    stacking: Stacking,
     metrics: Arc<Metrics>,
     labels: ModelLabels,
 ) -> Queue {
     let queue = Queue::spawn(config);
-    worker::spawn(queue.clone(), runners, pad_id, metrics, labels);
+    worker::spawn(queue.clone(), runners, stacking, metrics, labels);
     queue
 }

@@ -61,10 +61,11 @@ pub struct EntryResult {
 }
 
 impl Entry {
-    /// Hands this entry its row of `output`.
+    /// Hands this entry its row of `output`; `size` is the number of requests in the batch
+    /// (the output may hold more rows: padding, which no entry reads).
     pub fn answer(self, output: &BatchOutput, row: usize, size: usize, batch_started: Instant) {
-        let labels = output.logits.len() / size.max(1);
-        let cells = output.attention.len() / size.max(1);
+        let labels = output.logits.len() / output.rows.max(1);
+        let cells = output.attention.len() / output.rows.max(1);
         let result = EntryResult {
             logits: output.logits[row * labels..(row + 1) * labels].to_vec(),
             attention: output.attention[row * cells..(row + 1) * cells].to_vec(),

@@ -1,11 +1,12 @@
-//! The batch worker: takes batches from a queue, stacks them into tensors and runs them on a
-//! pool of [`BatchRunner`]s.
+//! The batch worker: takes batches from a queue and runs them on a pool of [`BatchRunner`]s.
 //!
-//! With a runner free, the worker takes whatever the queue's delay rule releases. While every
-//! runner is busy it takes only a full batch, stacks and pads it (on a blocking thread) while
-//! the others run, and hands it to the next runner that frees up; a partial batch instead keeps
-//! growing in the queue, so a busy server runs full batches. Each batch runs on a blocking
-//! thread; the pool size bounds how many run at once.
+//! With a runner free, the worker takes whatever the queue's delay rule releases (by default
+//! what is there: a lone request does not wait for company while a runner idles). While every
+//! runner is busy it asks only for a full batch, so requests that arrive meanwhile keep growing
+//! the next batch instead of closing it early; when a runner frees first, that ask is relaxed to
+//! the delay rule. Each batch is stacked into its runner's own buffers (kept from batch to
+//! batch), padded to a bucket size when buckets are set, and run on a blocking thread; the pool
+//! size bounds how many run at once.
 
 use std::sync::Arc;
 
@@ -13,36 +14,58 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::batch::{BatchInput, BatchRunner};
+use super::batch::{BatchInput, BatchOutput, BatchRunner};
+use super::buckets::BatchBuckets;
 use super::queue::{Entry, Fill, Queue};
 use crate::error::Error;
 use crate::metrics::{Metrics, ModelLabels};
-use crate::preprocess::text::pad_batch;
+
+/// How the worker stacks a batch for the graphs.
+#[derive(Debug, Clone, Default)]
+pub struct Stacking {
+    /// Token id that pads notes to the batch's longest.
+    pub pad_id: u32,
+    /// Batch sizes to pad to (none on CPU).
+    pub buckets: BatchBuckets,
+}
 
 /// Starts the worker for one model; it ends when the queue shuts down.
 pub fn spawn<R: BatchRunner>(
     queue: Queue,
     pool: Vec<R>,
-    pad_id: u32,
+    stacking: Stacking,
     metrics: Arc<Metrics>,
     labels: ModelLabels,
 ) -> JoinHandle<()> {
-    tokio::spawn(run(queue, pool, pad_id, metrics, labels))
+    tokio::spawn(run(queue, pool, stacking, metrics, labels))
+}
+
+/// A runner with the buffers its batches are stacked into.
+struct Slot<R> {
+    runner: R,
+    input: BatchInput,
 }
 
 async fn run<R: BatchRunner>(
     queue: Queue,
     pool: Vec<R>,
-    pad_id: u32,
+    stacking: Stacking,
     metrics: Arc<Metrics>,
     labels: ModelLabels,
 ) {
     let (free_sender, mut free) = mpsc::channel(pool.len().max(1));
-    for sessions in pool {
-        let _ = free_sender.try_send(sessions);
+    for runner in pool {
+        let _ = free_sender.try_send(Slot {
+            runner,
+            input: BatchInput::default(),
+        });
     }
-    let mut idle: Option<R> = None;
+    let stacking = Arc::new(stacking);
+    let mut idle: Option<Slot<R>> = None;
     loop {
+        if idle.is_none() {
+            idle = free.try_recv().ok();
+        }
         let fill = if idle.is_some() {
             Fill::SizeOrDelay
         } else {
@@ -55,8 +78,8 @@ async fn run<R: BatchRunner>(
             ticket.await.ok()
         } else {
             tokio::select! {
-                sessions = free.recv() => {
-                    idle = sessions;
+                slot = free.recv() => {
+                    idle = slot;
                     if idle.is_none() {
                         break;
                     }
@@ -69,51 +92,29 @@ async fn run<R: BatchRunner>(
         let Some(entries) = batch else {
             break;
         };
-        let prepared = tokio::task::spawn_blocking(move || assemble(entries, pad_id)).await;
-        let Ok((entries, input)) = prepared else {
-            tracing::error!("batch assembly panicked");
-            continue;
-        };
-        let sessions = match idle.take() {
-            Some(sessions) => Some(sessions),
+        let slot = match idle.take() {
+            Some(slot) => Some(slot),
             None => free.recv().await,
         };
-        let Some(mut sessions) = sessions else {
+        let Some(mut slot) = slot else {
             break;
         };
         let free_sender = free_sender.clone();
         let metrics = Arc::clone(&metrics);
         let labels = labels.clone();
         let queue = queue.clone();
+        let stacking = Arc::clone(&stacking);
         tokio::task::spawn_blocking(move || {
-            run_batch(&mut sessions, entries, &input, &queue, &metrics, &labels);
-            let _ = free_sender.blocking_send(sessions);
+            run_batch(&mut slot, entries, &stacking, &queue, &metrics, &labels);
+            let _ = free_sender.blocking_send(slot);
         });
     }
 }
 
-/// Stacks images and pads notes into one [`BatchInput`].
-fn assemble(entries: Vec<Entry>, pad_id: u32) -> (Vec<Entry>, BatchInput) {
-    let notes: Vec<&[i64]> = entries.iter().map(|e| e.input_ids.as_slice()).collect();
-    let tokens = pad_batch(&notes, pad_id);
-    let pixels = entries
-        .iter()
-        .flat_map(|e| e.pixels.iter().copied())
-        .collect();
-    let input = BatchInput {
-        size: entries.len(),
-        pixels,
-        input_ids: tokens.ids,
-        attention_mask: tokens.mask,
-        tokens: tokens.tokens,
-    };
-    (entries, input)
-}
-
 fn run_batch(
-    sessions: &mut impl BatchRunner,
+    slot: &mut Slot<impl BatchRunner>,
     entries: Vec<Entry>,
-    input: &BatchInput,
+    stacking: &Stacking,
     queue: &Queue,
     metrics: &Metrics,
     labels: &ModelLabels,
@@ -122,7 +123,11 @@ fn run_batch(
         return;
     }
     let started = Instant::now();
-    let outcome = sessions.run(input);
+    let images: Vec<&[f32]> = entries.iter().map(|e| e.pixels.as_slice()).collect();
+    let notes: Vec<&[i64]> = entries.iter().map(|e| e.input_ids.as_slice()).collect();
+    let rows = stacking.buckets.rows_for(entries.len());
+    slot.input.refill(&images, &notes, stacking.pad_id, rows);
+    let outcome = slot.runner.run(&slot.input);
     let took = started.elapsed();
     queue.stats().record_batch(took);
     metrics
@@ -135,6 +140,7 @@ fn run_batch(
         .observe(entries.len() as f64);
     match outcome {
         Ok(output) => {
+            record_graph_times(metrics, labels, &output);
             let size = entries.len();
             for (row, entry) in entries.into_iter().enumerate() {
                 let waited = started.saturating_duration_since(entry.queued_at);
@@ -155,6 +161,17 @@ fn run_batch(
     }
 }
 
+fn record_graph_times(metrics: &Metrics, labels: &ModelLabels, output: &BatchOutput) {
+    let times = output.graph_times;
+    for (stage, took) in [
+        ("vision", times.vision),
+        ("text", times.text),
+        ("head", times.head),
+    ] {
+        metrics.observe_stage(labels, stage, took);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -164,7 +181,6 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::batching::batch::BatchOutput;
     use crate::batching::queue::{EntryResult, Priority, QueueConfig};
 
     /// Token id that makes the fake runner fail the whole batch.
@@ -191,9 +207,13 @@ mod tests {
             if firsts.contains(&POISON) {
                 return Err(Error::Inference("poisoned batch".into()));
             }
+            // Each row answers with its note's first token id and, as attention, three cells
+            // holding its row number.
             Ok(BatchOutput {
+                rows: batch.size,
                 logits: firsts.iter().map(|&id| id as f32).collect(),
-                attention: vec![1.0; batch.size],
+                attention: (0..batch.size).flat_map(|row| [row as f32; 3]).collect(),
+                ..BatchOutput::default()
             })
         }
     }
@@ -207,6 +227,10 @@ mod tests {
     /// One gated runner, batches of `max`, a long delay so only size or a free runner close a
     /// batch early.
     fn harness(max: usize, max_delay: Duration) -> Harness {
+        harness_with(max, max_delay, BatchBuckets::none())
+    }
+
+    fn harness_with(max: usize, max_delay: Duration, buckets: BatchBuckets) -> Harness {
         let queue = Queue::spawn(QueueConfig {
             capacity: 64,
             max_batch_size: max,
@@ -222,10 +246,11 @@ mod tests {
             model: "fake".into(),
             version: "1".into(),
         };
+        let stacking = Stacking { pad_id: 0, buckets };
         spawn(
             queue.clone(),
             vec![runner],
-            0,
+            stacking,
             Arc::new(Metrics::new()),
             labels,
         );
@@ -324,6 +349,36 @@ mod tests {
         }
         for (answer, id) in healthy.into_iter().zip([8.0, 9.0]) {
             assert_eq!(answer.await.unwrap().unwrap().logits, vec![id]);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn padded_rows_never_reach_a_request() {
+        let harness = harness_with(
+            4,
+            Duration::from_millis(100),
+            BatchBuckets::powers_of_two(4),
+        );
+        harness.go.send(()).unwrap();
+        let answers: Vec<Answer> = [11, 12, 13]
+            .iter()
+            .map(|&id| append(&harness.queue, id))
+            .collect();
+        let seen = batches_seen(&harness, 1).await;
+        assert_eq!(
+            seen[0],
+            vec![11, 12, 13, 13],
+            "padded to 4 with the last row"
+        );
+        for (row, (answer, id)) in answers.into_iter().zip([11.0, 12.0, 13.0]).enumerate() {
+            let result = answer.await.unwrap().unwrap();
+            assert_eq!(result.logits, vec![id]);
+            assert_eq!(
+                result.attention,
+                vec![row as f32; 3],
+                "its own row, all of it"
+            );
+            assert_eq!(result.batch_size, 3, "padding is not counted as requests");
         }
     }
 }

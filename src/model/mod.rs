@@ -2,5 +2,7 @@
 
 pub mod manifest;
 pub mod pipeline;
+pub mod profile;
 pub mod registry;
 pub mod runtime;
+pub mod threading;

@@ -2,14 +2,16 @@
 //! side, then the PFA+CMAF head on both.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::session::{Session, SessionOutputs};
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
 use super::manifest::{DType, Dim, Graph, Manifest, TensorSpec, names};
+use super::profile::OptimizationProfile;
 use super::runtime::{Provider, Runtime};
-use crate::batching::{BatchInput, BatchOutput, BatchRunner};
+use crate::batching::{BatchInput, BatchOutput, BatchRunner, GraphTimes};
 use crate::error::Error;
 
 /// Blank images and pad-token notes of `tokens` tokens: compute cost without real data, for
@@ -34,21 +36,26 @@ pub struct ModelSessions {
     image_shape: [usize; 3],
     labels: usize,
     grid_cells: usize,
+    parallel_encoders: bool,
 }
 
 impl ModelSessions {
-    /// Opens the three graphs in `dir` and checks them against the manifest.
+    /// Opens the three graphs in `dir` with `intra_threads` threads each and checks them
+    /// against the manifest; TensorRT builds its engines for batches up to `max_batch_size`.
     pub fn open(
         runtime: &Runtime,
         dir: &Path,
         manifest: &Manifest,
+        intra_threads: usize,
+        max_batch_size: usize,
     ) -> anyhow::Result<(Self, Provider)> {
         let open = |graph: &Graph| -> anyhow::Result<(Session, Provider)> {
             let file = dir.join(&graph.file);
             if !file.is_file() {
                 bail!("{} is missing", file.display());
             }
-            let (session, provider) = runtime.open(&file)?;
+            let shapes = OptimizationProfile::for_graph(graph, max_batch_size, manifest);
+            let (session, provider) = runtime.open(&file, intra_threads, &shapes)?;
             check_graph(&session, graph)
                 .with_context(|| format!("{} does not match manifest.json", file.display()))?;
             Ok((session, provider))
@@ -65,17 +72,23 @@ impl ModelSessions {
                 image_shape: [image.channels, image.height as usize, image.width as usize],
                 labels: manifest.labels.len(),
                 grid_cells: manifest.attention_grid.height * manifest.attention_grid.width,
+                parallel_encoders: false,
             },
             provider,
         ))
     }
+
+    /// Runs the vision and text encoders of a batch on two threads at once (worth it only with
+    /// cores to spare, or on a GPU), instead of one after the other on the batch's thread.
+    pub fn with_parallel_encoders(mut self, parallel: bool) -> Self {
+        self.parallel_encoders = parallel;
+        self
+    }
 }
 
 impl BatchRunner for ModelSessions {
-    /// Runs one batch through vision ∥ text, then the head.
-    ///
-    /// The two encoders are independent sessions, so they run on two threads at once; on a GPU
-    /// provider this overlaps their kernels, on CPU it fills the cores one operator leaves idle.
+    /// Runs one batch through vision and text, then the head; the encoders' outputs go into
+    /// the head as ONNX Runtime values, never copied out.
     fn run(&mut self, batch: &BatchInput) -> Result<BatchOutput, Error> {
         let [c, h, w] = self.image_shape;
         let n = batch.size;
@@ -85,60 +98,80 @@ impl BatchRunner for ModelSessions {
             )));
         }
         let (vision, text) = (&mut self.vision, &mut self.text);
-        let (vision_out, text_out) = std::thread::scope(|scope| {
-            let text_job = scope.spawn(|| run_text(text, batch));
-            let vision_out = run_vision(vision, batch, [c, h, w]);
-            let text_out = text_job
-                .join()
-                .unwrap_or_else(|_| Err(Error::Internal("text encoder thread panicked".into())));
-            (vision_out, text_out)
-        });
-        let (patches, pooled) = vision_out?;
-        let states = text_out?;
+        let encode_image = move || timed(move || run_vision(vision, batch, [c, h, w]));
+        let encode_note = move || timed(move || run_text(text, batch));
+        let (vision_out, text_out) = if self.parallel_encoders {
+            std::thread::scope(|scope| {
+                let text_job = scope.spawn(encode_note);
+                let vision_out = encode_image();
+                let text_out = text_job.join().unwrap_or_else(|_| {
+                    Err(Error::Internal("text encoder thread panicked".into()))
+                });
+                (vision_out, text_out)
+            })
+        } else {
+            (encode_image(), encode_note())
+        };
+        let (image_features, vision_time) = vision_out?;
+        let (note_features, text_time) = text_out?;
 
+        let head_started = Instant::now();
         let outputs = self
             .head
             .run(ort::inputs![
-                names::PATCH_TOKENS => tensor(&patches.shape, &patches.data)?,
-                names::POOLED => tensor(&pooled.shape, &pooled.data)?,
-                names::TOKEN_STATES => tensor(&states.shape, &states.data)?,
+                names::PATCH_TOKENS => output(&image_features, names::PATCH_TOKENS)?,
+                names::POOLED => output(&image_features, names::POOLED)?,
+                names::TOKEN_STATES => output(&note_features, names::TOKEN_STATES)?,
                 names::ATTENTION_MASK => tensor(&[n, batch.tokens], &batch.attention_mask)?,
             ])
             .map_err(inference)?;
         let logits = extract(&outputs, names::LOGITS, n * self.labels)?;
         let attention = extract(&outputs, names::ATTENTION, n * self.grid_cells)?;
-        Ok(BatchOutput { logits, attention })
+        Ok(BatchOutput {
+            rows: n,
+            logits,
+            attention,
+            graph_times: GraphTimes {
+                vision: vision_time,
+                text: text_time,
+                head: head_started.elapsed(),
+            },
+        })
     }
 }
 
-/// An encoder output on its way to the head: values and shape.
-struct Features {
-    data: Vec<f32>,
-    shape: Vec<usize>,
+/// Runs `job` and says how long it took.
+fn timed<T>(job: impl FnOnce() -> Result<T, Error>) -> Result<(T, Duration), Error> {
+    let started = Instant::now();
+    let value = job()?;
+    Ok((value, started.elapsed()))
 }
 
-fn run_vision(
-    session: &mut Session,
+fn run_vision<'s>(
+    session: &'s mut Session,
     batch: &BatchInput,
     [c, h, w]: [usize; 3],
-) -> Result<(Features, Features), Error> {
-    let outputs = session
+) -> Result<SessionOutputs<'s>, Error> {
+    session
         .run(ort::inputs![names::PIXEL_VALUES => tensor(&[batch.size, c, h, w], &batch.pixels)?])
-        .map_err(inference)?;
-    let patches = extract_with_shape(&outputs, names::PATCH_TOKENS)?;
-    let pooled = extract_with_shape(&outputs, names::POOLED)?;
-    Ok((patches, pooled))
+        .map_err(inference)
 }
 
-fn run_text(session: &mut Session, batch: &BatchInput) -> Result<Features, Error> {
+fn run_text<'s>(session: &'s mut Session, batch: &BatchInput) -> Result<SessionOutputs<'s>, Error> {
     let shape = [batch.size, batch.tokens];
-    let outputs = session
+    session
         .run(ort::inputs![
             names::INPUT_IDS => tensor(&shape, &batch.input_ids)?,
             names::ATTENTION_MASK => tensor(&shape, &batch.attention_mask)?,
         ])
-        .map_err(inference)?;
-    extract_with_shape(&outputs, names::TOKEN_STATES)
+        .map_err(inference)
+}
+
+/// One named output of an encoder, to be fed to the head as it is.
+fn output<'o>(outputs: &'o SessionOutputs<'_>, name: &str) -> Result<&'o DynValue, Error> {
+    outputs
+        .get(name)
+        .ok_or_else(|| Error::Inference(format!("graph gave no output {name}")))
 }
 
 fn tensor<'a, T>(shape: &[usize], data: &'a [T]) -> Result<TensorRef<'a, T>, Error>
@@ -148,37 +181,17 @@ where
     TensorRef::from_array_view((shape.to_vec(), data)).map_err(inference)
 }
 
-fn extract_with_shape(
-    outputs: &ort::session::SessionOutputs<'_>,
-    name: &str,
-) -> Result<Features, Error> {
-    let value = outputs
-        .get(name)
-        .ok_or_else(|| Error::Inference(format!("graph gave no output {name}")))?;
-    let (shape, data) = value.try_extract_tensor::<f32>().map_err(inference)?;
-    let shape = shape
-        .iter()
-        .map(|d| usize::try_from(*d).unwrap_or(0))
-        .collect();
-    Ok(Features {
-        data: data.to_vec(),
-        shape,
-    })
-}
-
-fn extract(
-    outputs: &ort::session::SessionOutputs<'_>,
-    name: &str,
-    expected: usize,
-) -> Result<Vec<f32>, Error> {
-    let Features { data, .. } = extract_with_shape(outputs, name)?;
+fn extract(outputs: &SessionOutputs<'_>, name: &str, expected: usize) -> Result<Vec<f32>, Error> {
+    let (_, data) = output(outputs, name)?
+        .try_extract_tensor::<f32>()
+        .map_err(inference)?;
     if data.len() != expected {
         return Err(Error::Inference(format!(
             "{name} has {} values, expected {expected}",
             data.len()
         )));
     }
-    Ok(data)
+    Ok(data.to_vec())
 }
 
 fn inference(error: ort::Error) -> Error {

@@ -15,7 +15,8 @@ use anyhow::{Context, bail, ensure};
 use super::manifest::Manifest;
 use super::pipeline::{ModelSessions, blank_batch};
 use super::runtime::{Provider, Runtime};
-use crate::batching::{self, BatchRunner as _, Queue, QueueConfig};
+use super::threading::{ThreadingPlan, ThreadingRequest, available_cores};
+use crate::batching::{self, BatchBuckets, BatchRunner as _, Queue, QueueConfig, Stacking};
 use crate::decision::{DecisionPolicy, ThresholdOverride};
 use crate::drift::DriftMonitor;
 use crate::error::Error;
@@ -25,8 +26,10 @@ use crate::preprocess::text::NoteTokenizer;
 /// How every model version is loaded and batched.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Session sets per model version (batches that can run at once).
-    pub sessions: usize,
+    /// Session sets per model version and threads per session, as asked for.
+    pub threading: ThreadingRequest,
+    /// Batch sizes batches are padded to.
+    pub buckets: BucketChoice,
     /// Cap on the batch size; the manifest's `max_batch_size` when unset or larger.
     pub max_batch_size: Option<usize>,
     /// Queue capacity per model version.
@@ -59,6 +62,53 @@ pub struct LoadedModel {
     pub decision: Option<DecisionPolicy>,
     /// Recent verdicts against validation, when the manifest records its distribution.
     pub drift: Option<DriftMonitor>,
+    /// Batches in flight and threads per batch.
+    pub threading: ThreadingPlan,
+    /// Batch sizes batches are padded to (none on CPU).
+    pub buckets: BatchBuckets,
+}
+
+/// Which batch sizes batches are padded to (`--batch-buckets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketChoice {
+    /// Powers of two up to the largest batch on TensorRT, where fixed shapes pay; none
+    /// elsewhere.
+    Auto,
+    /// No padding.
+    None,
+    /// These sizes (and the largest batch).
+    Sizes(Vec<usize>),
+}
+
+impl BucketChoice {
+    /// Parses `auto`, `none` or a comma-separated list of sizes.
+    pub fn parse(text: &str) -> Result<BucketChoice, String> {
+        match text.trim() {
+            "auto" => Ok(BucketChoice::Auto),
+            "none" => Ok(BucketChoice::None),
+            list => list
+                .split(',')
+                .map(|size| match size.trim().parse::<usize>() {
+                    Ok(size) if size > 0 => Ok(size),
+                    _ => Err(format!(
+                        "{size:?} is not a batch size; give auto, none or sizes like 1,2,4,8,16"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(BucketChoice::Sizes),
+        }
+    }
+
+    /// The buckets for a provider and a largest batch.
+    pub fn buckets(&self, provider: Provider, max_batch_size: usize) -> BatchBuckets {
+        match self {
+            BucketChoice::Auto if provider == Provider::Tensorrt => {
+                BatchBuckets::powers_of_two(max_batch_size)
+            }
+            BucketChoice::Auto | BucketChoice::None => BatchBuckets::none(),
+            BucketChoice::Sizes(sizes) => BatchBuckets::from_sizes(sizes, max_batch_size),
+        }
+    }
 }
 
 impl LoadedModel {
@@ -154,31 +204,54 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Opens the sessions of one version and warms each set with full-size batches.
+/// One version's sessions, opened and warm, and how they are arranged.
+pub struct Opened {
+    /// One session set per batch in flight.
+    pub pool: Vec<ModelSessions>,
+    /// The note tokenizer.
+    pub tokenizer: NoteTokenizer,
+    /// The execution provider in use.
+    pub provider: Provider,
+    /// Batches in flight and threads per batch.
+    pub threading: ThreadingPlan,
+    /// Batch sizes batches are padded to.
+    pub buckets: BatchBuckets,
+    /// Time the warm-up took.
+    pub warmup: Duration,
+}
+
+/// Opens the session sets of one version, as many as the threading plan says, and warms each
+/// with full-size batches (and each bucket size once).
 ///
 /// Blocking: call from a blocking thread.
 pub fn open_and_warm(
     runtime: &Runtime,
     found: &Discovered,
     options: &LoadOptions,
-) -> anyhow::Result<(Vec<ModelSessions>, NoteTokenizer, Provider, Duration)> {
+) -> anyhow::Result<Opened> {
     let manifest = &found.manifest;
     let tokenizer = NoteTokenizer::load(&found.dir.join(&manifest.text.tokenizer), &manifest.text)?;
-    let mut pool = Vec::new();
-    let mut provider = Provider::Cpu;
-    for _ in 0..options.sessions.max(1) {
-        let (sessions, used) = ModelSessions::open(runtime, &found.dir, manifest)?;
-        provider = used;
-        pool.push(sessions);
+    let cores = available_cores();
+    let size = batch_size(manifest, options);
+    let intra_threads = options.threading.intra_threads(cores);
+    let open = || ModelSessions::open(runtime, &found.dir, manifest, intra_threads, size);
+    let (first, provider) = open()?;
+    let threading = options.threading.plan(cores, provider);
+    let buckets = options.buckets.buckets(provider, size);
+    let mut pool = vec![first];
+    for _ in 1..threading.sessions {
+        pool.push(open()?.0);
     }
+    let mut pool: Vec<ModelSessions> = pool
+        .into_iter()
+        .map(|sessions| sessions.with_parallel_encoders(threading.parallel_encoders))
+        .collect();
     let started = Instant::now();
-    let batch = blank_batch(
-        manifest,
-        batch_size(manifest, options),
-        manifest.text.max_tokens,
-    );
+    let full = std::iter::repeat_n(size, options.warmup_batches);
+    let warm_sizes: Vec<usize> = full.chain(buckets.sizes().iter().copied()).collect();
     for sessions in &mut pool {
-        for _ in 0..options.warmup_batches {
+        for &rows in &warm_sizes {
+            let batch = blank_batch(manifest, rows, manifest.text.max_tokens);
             sessions.run(&batch).with_context(|| {
                 format!(
                     "warm-up of {} in {} failed",
@@ -188,7 +261,14 @@ pub fn open_and_warm(
             })?;
         }
     }
-    Ok((pool, tokenizer, provider, started.elapsed()))
+    Ok(Opened {
+        pool,
+        tokenizer,
+        provider,
+        threading,
+        buckets,
+        warmup: started.elapsed(),
+    })
 }
 
 /// Says which configured overrides apply to no loaded model (a misspelt model name, or a model
@@ -214,7 +294,7 @@ fn warn_unused_overrides(
 }
 
 /// The batch size a version runs at: the manifest's, capped by the operator.
-fn batch_size(manifest: &Manifest, options: &LoadOptions) -> usize {
+pub fn batch_size(manifest: &Manifest, options: &LoadOptions) -> usize {
     options
         .max_batch_size
         .map_or(manifest.max_batch_size, |cap| {
@@ -237,14 +317,21 @@ impl ModelRepository {
         for model in found {
             let load_options = options.clone();
             let job = model.clone();
-            let (pool, tokenizer, provider, warmup) =
+            let opened =
                 tokio::task::spawn_blocking(move || open_and_warm(runtime, &job, &load_options))
                     .await??;
             let labels = ModelLabels {
                 model: model.name.clone(),
                 version: model.version.to_string(),
             };
-            let sessions = pool.len();
+            let Opened {
+                pool,
+                tokenizer,
+                provider,
+                threading,
+                buckets,
+                warmup,
+            } = opened;
             let queue = batching::start(
                 QueueConfig {
                     capacity: options.queue_capacity,
@@ -252,7 +339,10 @@ impl ModelRepository {
                     max_delay: options.max_delay,
                 },
                 pool,
-                model.manifest.text.pad_id,
+                Stacking {
+                    pad_id: model.manifest.text.pad_id,
+                    buckets: buckets.clone(),
+                },
                 Arc::clone(metrics),
                 labels,
             );
@@ -281,13 +371,22 @@ impl ModelRepository {
                 provider,
                 decision,
                 drift,
+                threading,
+                buckets,
             };
             tracing::info!(
                 model = %loaded.name,
                 version = loaded.version,
                 %provider,
-                sessions,
+                cores = threading.cores,
+                sessions = threading.sessions,
+                intra_threads = threading.intra_threads,
+                spinning = threading.spinning,
+                parallel_encoders = threading.parallel_encoders,
+                automatic = threading.automatic,
+                buckets = ?loaded.buckets.sizes(),
                 max_batch_size = loaded.queue.config().max_batch_size,
+                max_queue_delay_ms = options.max_delay.as_secs_f64() * 1000.0,
                 warmup_ms = warmup.as_millis() as u64,
                 decision = loaded.decision.is_some(),
                 "model ready"

@@ -16,6 +16,8 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use serde::Serialize;
 
+use super::profile::OptimizationProfile;
+
 /// The ONNX Runtime release kensa is built and tested against.
 pub const ORT_VERSION: &str = "1.31.1";
 
@@ -82,9 +84,14 @@ pub struct RuntimeOptions {
     /// Upper bound of the CUDA memory arena, in bytes.
     #[arg(long, env = "KENSA_CUDA_MEMORY_LIMIT", value_name = "BYTES")]
     pub cuda_memory_limit: Option<usize>,
-    /// Threads each session may use inside one operator (0: ONNX Runtime decides).
+    /// Threads each session may use inside one operator (0: kensa decides, so that sessions x
+    /// threads <= cores; see --sessions).
     #[arg(long, env = "KENSA_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
+    /// Let ONNX Runtime's threads spin while waiting for work: faster on a machine dedicated to
+    /// kensa, wasted CPU on a shared one.
+    #[arg(long, env = "KENSA_ORT_SPIN")]
+    pub ort_spin: bool,
 }
 
 /// The process-wide ONNX Runtime environment and the provider chosen for it.
@@ -128,11 +135,17 @@ impl Runtime {
         self.resolved.lock().ok().and_then(|p| *p)
     }
 
-    /// Opens a session for `file` on the configured provider.
+    /// Opens a session for `file` on the configured provider, with `intra_threads` threads
+    /// inside an operator.
     ///
     /// With `auto`, the first session tries each provider in order and the winner is kept for
     /// every later session, so all graphs of all models run on the same device.
-    pub fn open(&self, file: &Path) -> anyhow::Result<(Session, Provider)> {
+    pub fn open(
+        &self,
+        file: &Path,
+        intra_threads: usize,
+        shapes: &OptimizationProfile,
+    ) -> anyhow::Result<(Session, Provider)> {
         let mut resolved = self
             .resolved
             .lock()
@@ -146,7 +159,7 @@ impl Runtime {
         };
         let mut failures = Vec::new();
         for provider in candidates {
-            match self.open_with(file, provider) {
+            match self.open_with(file, provider, intra_threads, shapes) {
                 Ok(session) => {
                     if resolved.is_none() {
                         if failures.is_empty() {
@@ -182,17 +195,25 @@ impl Runtime {
         )
     }
 
-    fn open_with(&self, file: &Path, provider: Provider) -> anyhow::Result<Session> {
+    fn open_with(
+        &self,
+        file: &Path,
+        provider: Provider,
+        intra_threads: usize,
+        shapes: &OptimizationProfile,
+    ) -> anyhow::Result<Session> {
+        let spin = self.options.ort_spin;
         let mut builder = Session::builder(&self.environment)
             .map_err(|e| anyhow!("{e}"))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| anyhow!("{e}"))?
+            .with_intra_threads(intra_threads.max(1))
+            .map_err(|e| anyhow!("{e}"))?
+            .with_intra_op_spinning(spin)
+            .map_err(|e| anyhow!("{e}"))?
+            .with_inter_op_spinning(spin)
             .map_err(|e| anyhow!("{e}"))?;
-        if self.options.intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(self.options.intra_threads)
-                .map_err(|e| anyhow!("{e}"))?;
-        }
-        let providers = self.execution_providers(provider);
+        let providers = self.execution_providers(provider, shapes);
         if !providers.is_empty() {
             builder = builder
                 .with_execution_providers(providers)
@@ -204,7 +225,11 @@ impl Runtime {
             .with_context(|| format!("on {provider}"))
     }
 
-    fn execution_providers(&self, provider: Provider) -> Vec<ExecutionProviderDispatch> {
+    fn execution_providers(
+        &self,
+        provider: Provider,
+        shapes: &OptimizationProfile,
+    ) -> Vec<ExecutionProviderDispatch> {
         let options = &self.options;
         let mut cuda = ep::CUDA::default().with_device_id(options.device_id);
         if let Some(limit) = options.cuda_memory_limit {
@@ -216,7 +241,10 @@ impl Runtime {
             Provider::Tensorrt => {
                 let mut trt = ep::TensorRT::default()
                     .with_device_id(options.device_id)
-                    .with_fp16(options.trt_fp16);
+                    .with_fp16(options.trt_fp16)
+                    .with_profile_min_shapes(&shapes.min)
+                    .with_profile_opt_shapes(&shapes.opt)
+                    .with_profile_max_shapes(&shapes.max);
                 if let Some(cache) = &options.trt_engine_cache {
                     trt = trt
                         .with_engine_cache(true)

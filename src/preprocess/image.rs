@@ -7,12 +7,14 @@
 
 use std::cell::RefCell;
 use std::io::Cursor;
+use std::time::{Duration, Instant};
 
 use ::image::{DynamicImage, ImageError, ImageFormat, ImageReader, Limits};
 use fast_image_resize::images::{TypedImage, TypedImageRef};
 use fast_image_resize::pixels::F32;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 
+use super::jpeg;
 use crate::error::Error;
 use crate::model::manifest::{ColorMode, ImageSpec, ResizeMode};
 
@@ -45,10 +47,14 @@ pub struct ImageLimits {
 pub struct PreparedImage {
     /// Normalised samples, channels-first (C*H*W), the layout of one row of `pixel_values`.
     pub pixels: Vec<f32>,
-    /// Width of the image as decoded, before resizing.
+    /// Width of the image as decoded (a JPEG at reduced scale), before resizing.
     pub source_width: u32,
     /// Height of the image as decoded, before resizing.
     pub source_height: u32,
+    /// Time spent decoding.
+    pub decode_time: Duration,
+    /// Time spent converting, resizing and normalising.
+    pub resize_time: Duration,
 }
 
 /// Decodes an encoded image and prepares it as training did, refusing oversized input early.
@@ -61,18 +67,27 @@ pub fn prepare_image(
     spec: &ImageSpec,
     limits: &ImageLimits,
 ) -> Result<PreparedImage, Error> {
-    let decoded = decode(bytes, limits)?;
+    let started = Instant::now();
+    let decoded = decode(bytes, limits, (spec.width, spec.height))?;
+    let decoded_at = Instant::now();
     let pixels = to_model_input(&decoded, spec)?;
     Ok(PreparedImage {
         pixels,
         source_width: decoded.width(),
         source_height: decoded.height(),
+        decode_time: decoded_at - started,
+        resize_time: decoded_at.elapsed(),
     })
 }
 
-/// Checks sizes, reads the header, and only then decodes under allocation limits (also for
-/// the heat map, which is drawn over the image as the station sent it).
-pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Error> {
+/// Checks sizes, reads the header, and only then decodes under allocation limits; a JPEG at
+/// least twice the `target` size is decoded at reduced scale (see [`jpeg`]). Also used for the
+/// heat map, which is drawn over the image as the station sent it.
+pub fn decode(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    target: (u32, u32),
+) -> Result<DynamicImage, Error> {
     if bytes.is_empty() {
         return Err(Error::BadImage("the image is empty (0 bytes)".into()));
     }
@@ -84,9 +99,16 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Error>
         });
     }
     let format = accepted_format(bytes)?;
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(|e| decode_error(format, e))?;
+    let jpeg_header = match format {
+        ImageFormat::Jpeg => Some(jpeg::read_header(bytes)?),
+        _ => None,
+    };
+    let (width, height) = match jpeg_header {
+        Some(header) => (header.width, header.height),
+        None => ImageReader::with_format(Cursor::new(bytes), format)
+            .into_dimensions()
+            .map_err(|e| decode_error(format, e))?,
+    };
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
         return Err(Error::ImageTooLarge {
@@ -100,6 +122,9 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Error>
         return Err(Error::BadImage(format!(
             "{format:?} header says {width}x{height}, which has no pixels"
         )));
+    }
+    if let Some(header) = jpeg_header.filter(|h| !h.cmyk) {
+        return jpeg::decode_scaled(bytes, header, target);
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decoder_limits(width, height, limits.max_pixels));
@@ -540,6 +565,32 @@ mod tests {
         }
     }
 
+    /// A large JPEG is decoded at reduced scale; one that stops early is refused, not decoded
+    /// with a grey remainder.
+    #[test]
+    fn large_jpegs_decode_scaled_and_truncated_ones_are_bad_images() {
+        let image: DynamicImage =
+            GrayImage::from_fn(640, 480, |x, y| Luma([sample8(x, y, 0)])).into();
+        let bytes = encode(&image, ImageFormat::Jpeg);
+        let big = ImageLimits {
+            max_bytes: 1 << 24,
+            max_pixels: 1 << 24,
+        };
+        let out = prepare_image(&bytes, &spec(ColorMode::Gray, 112, 112), &big).unwrap();
+        assert_eq!(
+            (out.source_width, out.source_height),
+            (160, 120),
+            "1/4 scale"
+        );
+        for cut in [bytes.len() / 2, bytes.len() - 2] {
+            let result = prepare_image(&bytes[..cut], &spec(ColorMode::Gray, 112, 112), &big);
+            assert!(
+                matches!(result, Err(Error::BadImage(_))),
+                "cut at {cut}: {result:?}"
+            );
+        }
+    }
+
     /// The training pipeline has no rule for float samples, so they are refused.
     #[test]
     fn float_samples_are_refused() {
@@ -769,47 +820,27 @@ mod tests {
             .collect()
     }
 
-    /// Lossless formats must match to 1e-3 (they match exactly today). JPEG decoders are not
-    /// bit-exact with each other: zune-jpeg (used by `image`) and libjpeg-turbo (used by
-    /// Pillow) round the inverse DCT differently, so a gray JPEG differs by one 8-bit step on
-    /// about 1% of pixels. JPEG fixtures are held to that one step (through the
-    /// normalisation) at most, and 1e-3 on average.
+    /// Every fixture must match to 1e-3, JPEGs included: they are decoded by libjpeg-turbo,
+    /// the library Pillow uses, at the same reduced scale (`Image.draft`), so they match exactly
+    /// today. The fixtures cover the station frame sizes (640×640, 2448×2048, 4096×3072), whose
+    /// JPEGs are decoded at 1/4 and 1/8.
     #[test]
     fn matches_the_python_pipeline_on_its_fixtures() {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
         let manifest = Manifest::load(&model).unwrap();
         let results = parity(&model.join("fixtures/preprocess"), &manifest.image);
-        assert!(!results.is_empty(), "no preprocessing fixtures");
+        for frame in ["640x640", "2448x2048", "4096x3072"] {
+            assert!(
+                results.iter().any(|r| r.jpeg && r.file.contains(frame)),
+                "no {frame} JPEG fixture"
+            );
+        }
         for r in &results {
             eprintln!(
                 "parity {}: max abs diff {:e}, mean {:e}",
                 r.file, r.max, r.mean
             );
-        }
-        let min_std = manifest
-            .image
-            .std
-            .iter()
-            .copied()
-            .fold(f32::INFINITY, f32::min);
-        let one_step = 1.0 / 255.0 / min_std + 1e-6;
-        for r in &results {
-            if r.jpeg {
-                assert!(
-                    r.max <= one_step,
-                    "{}: max abs diff {} > {one_step}",
-                    r.file,
-                    r.max
-                );
-                assert!(
-                    r.mean <= 1e-3,
-                    "{}: mean abs diff {} > 1e-3",
-                    r.file,
-                    r.mean
-                );
-            } else {
-                assert!(r.max <= 1e-3, "{}: max abs diff {} > 1e-3", r.file, r.max);
-            }
+            assert!(r.max <= 1e-3, "{}: max abs diff {} > 1e-3", r.file, r.max);
         }
     }
 }

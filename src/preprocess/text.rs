@@ -73,9 +73,26 @@ pub struct TokenBatch {
 
 /// Pads a batch to its longest note rather than to `max_tokens`, so short notes cost less.
 pub fn pad_batch(notes: &[&[i64]], pad_id: u32) -> TokenBatch {
+    let mut batch = TokenBatch {
+        ids: Vec::new(),
+        mask: Vec::new(),
+        tokens: 0,
+    };
+    batch.tokens = pad_batch_into(notes, pad_id, &mut batch.ids, &mut batch.mask);
+    batch
+}
+
+/// [`pad_batch`] into buffers kept from the previous batch (cleared first, so their memory is
+/// reused); returns the padded length.
+pub fn pad_batch_into(
+    notes: &[&[i64]],
+    pad_id: u32,
+    ids: &mut Vec<i64>,
+    mask: &mut Vec<i64>,
+) -> usize {
     let tokens = notes.iter().map(|n| n.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(notes.len() * tokens);
-    let mut mask = Vec::with_capacity(notes.len() * tokens);
+    ids.clear();
+    mask.clear();
     for note in notes {
         let padding = tokens - note.len();
         ids.extend_from_slice(note);
@@ -83,7 +100,7 @@ pub fn pad_batch(notes: &[&[i64]], pad_id: u32) -> TokenBatch {
         mask.extend(std::iter::repeat_n(1, note.len()));
         mask.extend(std::iter::repeat_n(0, padding));
     }
-    TokenBatch { ids, mask, tokens }
+    tokens
 }
 
 #[cfg(test)]

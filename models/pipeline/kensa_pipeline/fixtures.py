@@ -56,6 +56,27 @@ def _test_pattern(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(x, 0, 1)
 
 
+def _frame_pattern(h: int, w: int) -> np.ndarray:
+    """A camera-frame-sized pattern in [0, 1]: rings scaled with the frame, a gradient, no noise
+    (noise would make the committed JPEGs megabytes)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = np.hypot(yy - h * 0.4, xx - w * 0.6)
+    return np.clip(0.5 + 0.25 * np.sin(r / (0.02 * w)) + 0.2 * (xx / w - 0.5), 0, 1)
+
+
+# Station frame sizes: reduced-scale JPEG decoding (down to 1/8) must match Pillow.
+FRAME_SIZES = [(640, 640), (2448, 2048), (4096, 3072)]
+
+
+def write_frame_fixtures(d: Path) -> None:
+    """Gray JPEGs at the station frame sizes, and one colour JPEG that is decoded scaled."""
+    for w, h in FRAME_SIZES:
+        gray = (_frame_pattern(h, w) * 255).round().astype(np.uint8)
+        Image.fromarray(gray).save(d / f"frame_{w}x{h}.jpg", quality=85)
+    rgb = np.stack([_frame_pattern(480, 640) ** k for k in (1, 2, 3)], -1)
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(d / "frame_rgb_640x480.jpg")
+
+
 def write_preprocess_fixtures(out: Path, image_cfg: dict[str, Any]) -> None:
     d = out / "preprocess"
     d.mkdir(parents=True, exist_ok=True)
@@ -77,6 +98,7 @@ def write_preprocess_fixtures(out: Path, image_cfg: dict[str, Any]) -> None:
     Image.fromarray((_test_pattern(131, 77, 7) * 255).round().astype(np.uint8), mode="L").save(
         d / "gray8_77x131.tif"
     )
+    write_frame_fixtures(d)
     entries = []
     for f in sorted(d.iterdir()):
         if f.suffix in (".json", ".f32"):

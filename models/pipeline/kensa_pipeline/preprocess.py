@@ -1,7 +1,9 @@
 """Reference image preprocessing (the contract the Rust service reimplements).
 
 1. Decode; float32 in [0, 1]: 8-bit samples / 255, 16-bit samples / 65535. Alpha dropped,
-   palette expanded to RGB.
+   palette expanded to RGB. A JPEG at least twice the model's size in both directions is
+   decoded at reduced scale by libjpeg (``Image.draft``: 1/2, 1/4 or 1/8 in the inverse DCT,
+   the largest that keeps both sides at least the model's), as the service decodes it.
 2. ``gray`` (1 channel): RGB -> 0.299 R + 0.587 G + 0.114 B in float32; gray stays as is.
    ``rgb`` (3 channels): gray is replicated to 3 channels.
 3. Each channel resized to (height, width), stretched, with Pillow's antialiased BILINEAR
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -85,14 +88,16 @@ def preprocess_image(
 
 
 def preprocess_file(
-    path: str | Path,
+    path: str | Path | BinaryIO,
     height: int,
     width: int,
     channels: int,
     mean: Sequence[float],
     std: Sequence[float],
 ) -> np.ndarray:
-    """Image file -> normalized float32 tensor [C, H, W] (the service's exact reference)."""
+    """Image file (a path or an open binary file) -> normalized float32 tensor [C, H, W] (the
+    service's exact reference)."""
     with Image.open(path) as img:
+        img.draft(img.mode, (width, height))
         img.load()
         return preprocess_image(img, height, width, channels, mean, std)

@@ -55,3 +55,18 @@ def test_resize_is_pillow_bilinear_on_float(tmp_path: Path) -> None:
         (112, 112), Image.Resampling.BILINEAR
     )
     np.testing.assert_array_equal(x[0], np.asarray(ref, dtype=np.float32))
+
+
+def test_large_jpegs_are_decoded_at_reduced_scale(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (640, 480), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "frame.jpg")
+    x = preprocess_file(tmp_path / "frame.jpg", 112, 112, 1, [0.0], [1.0])
+    with Image.open(tmp_path / "frame.jpg") as img:
+        img.draft("L", (112, 112))
+        assert img.size == (120, 160), "480 // 112 = 4: a quarter in both directions"
+        quarter = np.asarray(img, dtype=np.float32) / np.float32(255)
+    ref = Image.fromarray(quarter).resize((112, 112), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(x[0], np.asarray(ref, dtype=np.float32))
+    with (tmp_path / "frame.jpg").open("rb") as file:
+        np.testing.assert_array_equal(preprocess_file(file, 112, 112, 1, [0.0], [1.0]), x)

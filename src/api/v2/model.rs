@@ -23,7 +23,7 @@ pub const DEFAULT_STATION: &str = "oip";
 
 /// The encoded image file, one per batch element (required).
 pub const IMAGE: &str = "image";
-/// The note, UTF-8 (required; may be an empty string).
+/// The note, UTF-8 (optional; empty when absent).
 pub const NOTE: &str = "note";
 /// Which station asks (optional).
 pub const STATION_ID: &str = "station_id";
@@ -42,6 +42,10 @@ pub const ATTENTION: &str = "attention";
 pub const DISPOSITION: &str = "disposition";
 
 const INPUTS: [&str; 4] = [IMAGE, NOTE, STATION_ID, INSPECTION_ID];
+
+/// The one input a client must send; generic load tools (perf_analyzer) send only inputs not
+/// marked optional.
+const REQUIRED_INPUT: &str = IMAGE;
 
 /// The outputs, in the order they are listed and returned by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +118,9 @@ pub struct TensorSpec {
     pub datatype: &'static str,
     /// Its shape.
     pub shape: Vec<i64>,
+    /// An input a request may leave out (Triton's `optional: true`); written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// A model as model metadata describes it.
@@ -210,6 +217,7 @@ pub fn model_metadata(
                 name,
                 datatype: BYTES,
                 shape: vec![-1],
+                optional: *name != REQUIRED_INPUT,
             })
             .collect(),
         outputs: OUTPUTS
@@ -218,6 +226,7 @@ pub fn model_metadata(
                 name: output.name(),
                 datatype: output.datatype(),
                 shape: output.shape(&model, -1),
+                optional: false,
             })
             .collect(),
     })
@@ -325,7 +334,6 @@ fn inspections(
         *slot = Some(elements);
     }
     let images = images.ok_or_else(|| Error::BadRequest(format!("input {IMAGE} is required")))?;
-    let notes = notes.ok_or_else(|| Error::BadRequest(format!("input {NOTE} is required")))?;
     let text = |name: &str, i: usize, bytes: &Bytes| {
         String::from_utf8(bytes.to_vec())
             .map_err(|_| Error::BadRequest(format!("input {name} element {i} is not UTF-8")))
@@ -346,7 +354,11 @@ fn inspections(
                     .map(|ids| text(INSPECTION_ID, i, &ids[i]))
                     .transpose()?,
                 image,
-                note: text(NOTE, i, &notes[i])?,
+                note: notes
+                    .as_ref()
+                    .map(|notes| text(NOTE, i, &notes[i]))
+                    .transpose()?
+                    .unwrap_or_default(),
                 ..InspectionRequest::default()
             })
         })

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The measurements of docs/performance.md, one command each (release build; the model is
+# KENSA_MODEL_REPOSITORY, default models/demo; the device KENSA_DEVICE, default cpu, and any
+# other KENSA_* variable reaches both the servers and the bench). Every figure line carries the
+# load average: on a shared machine, compare figures of one run, not of two.
+#
+#   bench/run.sh compare   kensa (default flags) vs bare ONNX Runtime in the same arrangement vs
+#                          the Python peer (bench/peer), one after the other, same images
+#   bench/run.sh sweep     serving configurations around the default; prints the best as flags
+#   bench/run.sh growth    cost growth with stations, image size, note length and max batch
+#   bench/run.sh store     CPU per request with --store none, sqlite and postgres (the database
+#                          KENSA_BENCH_POSTGRES, default postgres://postgres@127.0.0.1:5432/test,
+#                          in a schema kensa_bench created for it)
+#   bench/run.sh hot       the hot-function benchmarks (cargo bench --bench hot)
+#
+# Extra arguments go to kensa-bench (for example --duration 15s, --server-cpus 1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?"usage: bench/run.sh compare|sweep|growth|store|hot [kensa-bench flags]"}
+shift
+export KENSA_MODEL_REPOSITORY=${KENSA_MODEL_REPOSITORY:-models/demo}
+export KENSA_DEVICE=${KENSA_DEVICE:-cpu}
+http_port=${KENSA_BENCH_PORT:-18080}
+peer_port=${KENSA_BENCH_PEER_PORT:-18090}
+url="http://127.0.0.1:$http_port"
+
+scripts/setup-system.sh
+scripts/setup-ort.sh
+cargo build --release --locked --workspace --quiet
+bench=target/release/kensa-bench
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+start_kensa() {
+  target/release/kensa serve --http-host=127.0.0.1 --http-port="$http_port" \
+    --grpc-host=127.0.0.1 --grpc-port=0 --data-dir="$(mktemp -d)" "$@" \
+    2>"${TMPDIR:-/tmp}/kensa-bench-server.log" &
+  pids+=($!)
+}
+
+stop_all() {
+  cleanup
+  pids=()
+}
+
+uname -srm
+grep -m1 'model name' /proc/cpuinfo || true
+case "$what" in
+  compare)
+    start_kensa --store=none
+    echo "== kensa, default flags, --store none"
+    "$bench" --url "$url" --bare "$@"
+    stop_all
+    bench/peer/run.sh --port "$peer_port" --model "$KENSA_MODEL_REPOSITORY" &
+    peer=$!
+    pids+=("$peer")
+    echo "== Python peer (FastAPI + onnxruntime, one intra-op thread, a process per core)"
+    "$bench" --url "http://127.0.0.1:$peer_port" --pid "$peer" "$@"
+    ;;
+  sweep)
+    "$bench" --sweep "$@"
+    ;;
+  growth)
+    "$bench" --growth "$@"
+    ;;
+  store)
+    database=${KENSA_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
+    psql -q "$database" -c "DROP SCHEMA IF EXISTS kensa_bench CASCADE; CREATE SCHEMA kensa_bench"
+    postgres="$database?options=-csearch_path%3Dkensa_bench"
+    for store in none sqlite "$postgres"; do
+      start_kensa --store="$store"
+      echo "== --store $store"
+      "$bench" --url "$url" --concurrency 64 "$@"
+      stop_all
+    done
+    ;;
+  hot)
+    cargo bench --locked --bench hot
+    ;;
+  *)
+    echo "unknown measurement $what" >&2
+    exit 2
+    ;;
+esac
