@@ -8,9 +8,11 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod batching;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod heatmap;
 pub mod inspector;
@@ -20,5 +22,7 @@ pub mod preprocess;
 pub mod publish;
 pub mod server;
 pub mod store;
+pub mod text;
+pub mod transport;
 pub mod verdict;
 pub mod verdicts;

@@ -44,6 +44,9 @@ fn config(port: u16, prefix: &str) -> MqttConfig {
         client_id: format!("kensa-{}", uuid::Uuid::new_v4().simple()),
         topic_prefix: prefix.into(),
         keep_alive: Duration::from_secs(5),
+        tls: None,
+        credentials: None,
+        max_packet_bytes: mqtt::packet_limit(4096),
     }
 }
 

@@ -662,17 +662,22 @@ async fn mqtt_publishing_is_switched_on_by_configuration() {
         &[("line", "L3")],
     )
     .await;
-    let publish = tokio::time::timeout(Duration::from_secs(20), async {
+    let (statuses, publish) = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut statuses = Vec::new();
         loop {
             if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =
                 event_loop.poll().await.unwrap()
             {
-                return p;
+                if !p.topic.starts_with(&format!("{prefix}/status/")) {
+                    return (statuses, p);
+                }
+                statuses.push(p.payload);
             }
         }
     })
     .await
     .expect("the verdict is published");
+    assert_eq!(statuses, ["online"], "the publisher announces itself first");
     assert_eq!(publish.topic, format!("{prefix}/L3/aoi-07/verdict"));
     assert_eq!(publish.qos, rumqttc::QoS::AtLeastOnce);
     let stored: StoredVerdict = serde_json::from_slice(&publish.payload).unwrap();

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::model::{self, EXTENSIONS, InferCall, InferOutcome, SERVER_NAME};
 use super::tensors::{InputTensor, TensorData};
-use crate::api::state::{AppState, read_body};
+use crate::access::Caller;
+use crate::api::state::AppState;
 use crate::error::Error;
 
 /// Length of the JSON part of a request or response body that carries binary tensors.
@@ -138,7 +139,12 @@ async fn infer(
                 .ok_or_else(|| Error::BadRequest(format!("{HEADER_LENGTH} must be a byte count")))
         })
         .transpose()?;
-    let body = read_body(request, state.max_body_bytes).await?;
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::nobody);
+    let body = state.body(request).await?;
     let (json, mut binary) = match header_length {
         Some(length) if length > body.len() => {
             return Err(Error::BadRequest(format!(
@@ -194,6 +200,7 @@ async fn infer(
             id: parsed.id,
             inputs,
             outputs: parsed.outputs.into_iter().map(|o| o.name).collect(),
+            caller,
         },
     )
     .await?;
