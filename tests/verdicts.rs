@@ -122,6 +122,65 @@ async fn the_same_key_with_another_image_is_a_409() {
     assert!(message.contains("different image"), "{message}");
     let other_station = post(&server, "aoi-08", "U1", &samples[1].image, &[]).await;
     assert_eq!(other_station.status(), 200, "keys are per station");
+
+    // The note is part of the unit's record: the same image with another note is not a retry.
+    let fields = [("station_id", "aoi-07"), ("inspection_id", "U1")];
+    let other_note = server
+        .post_unit(
+            "",
+            &samples[0].image,
+            &[fields[0], fields[1], ("note", "dia 61.0um")],
+        )
+        .await;
+    assert_eq!(other_note.status(), 409);
+    let body: Value = other_note.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("different note"),
+        "{body}"
+    );
+    let retry = post(&server, "aoi-07", "U1", &samples[0].image, &[]).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["x-kensa-replayed"], "true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_async_submission_with_another_image_under_one_key_is_a_409() {
+    let server = TestServer::start(&[]).await;
+    let samples = samples();
+    let submit = |image: &[u8]| {
+        server
+            .client
+            .post(server.url("/v1/inspections?mode=async"))
+            .multipart(
+                reqwest::multipart::Form::new()
+                    .part(
+                        "image",
+                        reqwest::multipart::Part::bytes(image.to_vec()).file_name("u.png"),
+                    )
+                    .text("station_id", "slow-line")
+                    .text("inspection_id", "K1"),
+            )
+            .send()
+    };
+    assert_eq!(submit(&samples[0].image).await.unwrap().status(), 202);
+    let second = submit(&samples[1].image).await.unwrap();
+    assert_eq!(
+        second.status(),
+        409,
+        "running or stored, the key holds another image"
+    );
+    let again = submit(&samples[0].image).await.unwrap().status();
+    assert!(
+        [200, 202].contains(&again.as_u16()),
+        "the same unit again is no conflict: {again}"
+    );
+    let (stored, _) = read(&server, "station=slow-line&wait=20s").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].image_sha256,
+        kensa::store::record::sha256_hex(&samples[0].image),
+        "the first submission's image is the one stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,7 +505,14 @@ async fn retention_keeps_the_newest_rows_and_the_metrics_count_them() {
         metric(&server, "kensa_store_pruned_total{kind=\"verdicts\"}").await,
         2.0
     );
-    assert!(metric(&server, "kensa_store_cursor").await >= 4.0);
+    let started = Instant::now();
+    while metric(&server, "kensa_store_cursor").await < 4.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "cursor gauge never updated"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(metric(&server, "kensa_store_write_duration_seconds_count").await >= 4.0);
 }
 

@@ -1,7 +1,8 @@
 //! Whether the store can commit: every store operation runs under a timeout ([`super::timed`])
-//! and reports here, and a probe reads the store every second, so a database that stops
+//! and reports here, and a probe asks the store every second, so a database that stops
 //! answering (down, or stalled with its connections open) turns readiness and `kensa_store_up`
-//! to 0 within the timeout, and back once it answers again.
+//! to 0 within the timeout, and back once it answers again. The probe of PostgreSQL takes the
+//! cursor lock every commit takes, so a store that reads but cannot commit stays down.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{SharedStore, VerdictQuery};
+use super::SharedStore;
 
 /// How often the probe reads the store.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -73,8 +74,8 @@ impl StoreHealth {
     }
 }
 
-/// Reads the newest verdict every [`PROBE_EVERY`] through `store` (which reports failures and
-/// timeouts itself) until cancelled.
+/// Probes the store every [`PROBE_EVERY`] through `store` (a timed store, which reports
+/// failures and timeouts itself) until cancelled.
 pub async fn probe(
     store: SharedStore,
     health: std::sync::Arc<StoreHealth>,
@@ -87,12 +88,7 @@ pub async fn probe(
             () = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let query = VerdictQuery {
-            after: *store.subscribe().borrow(),
-            limit: 1,
-            ..VerdictQuery::default()
-        };
-        if store.list(&query).await.is_ok() {
+        if store.probe().await.is_ok() {
             health.probed();
         }
     }

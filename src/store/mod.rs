@@ -102,6 +102,17 @@ pub trait VerdictStore: Send + Sync {
     /// The highest cursor known to be committed, updated on every write this process makes
     /// (and, for PostgreSQL, on other replicas' writes); a wake-up for waiting readers.
     fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Checks that the store answers; backends whose commits can stall while reads still
+    /// answer (PostgreSQL's cursor lock) check the commit path instead of a read.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let query = VerdictQuery {
+            after: *self.subscribe().borrow(),
+            limit: 1,
+            ..VerdictQuery::default()
+        };
+        self.list(&query).await.map(drop)
+    }
 }
 
 /// The store's housekeeping: what it holds, and deleting what retention no longer keeps.

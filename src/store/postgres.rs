@@ -186,6 +186,17 @@ impl VerdictStore for PostgresStore {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.cursor.clone()
     }
+
+    /// Takes the cursor lock every insert needs, then lets it go: a database whose commits are
+    /// stuck (a lock held, a stalled server) does not answer.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.query_one("SELECT last FROM verdict_cursor FOR UPDATE", &[])
+            .await
+            .map_err(unavailable)?;
+        tx.rollback().await.map_err(unavailable)
+    }
 }
 
 #[async_trait::async_trait]

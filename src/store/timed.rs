@@ -83,4 +83,8 @@ impl VerdictStore for TimedStore {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.subscribe()
     }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.timed("answer its probe", self.inner.probe()).await
+    }
 }
