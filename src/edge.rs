@@ -233,3 +233,32 @@ impl EdgeArgs {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        edge: EdgeArgs,
+    }
+
+    fn edge(args: &[&str]) -> EdgeArgs {
+        Flags::parse_from(std::iter::once("kensa").chain(args.iter().copied())).edge
+    }
+
+    #[test]
+    fn authentication_is_off_only_on_loopback_or_by_the_explicit_flag() {
+        let loopback: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        let plant: [IpAddr; 2] = ["0.0.0.0".parse().unwrap(), "127.0.0.1".parse().unwrap()];
+        assert!(!edge(&[]).gate(&loopback).unwrap().authenticates());
+        let error = edge(&[]).gate(&plant).unwrap_err().to_string();
+        assert!(
+            error.contains("--auth-clients") && error.contains("--no-auth"),
+            "{error}"
+        );
+        assert!(!edge(&["--no-auth"]).gate(&plant).unwrap().authenticates());
+    }
+}

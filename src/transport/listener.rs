@@ -15,6 +15,13 @@ use super::tls::{ReloadableTls, subject};
 use crate::access::Peer;
 use crate::metrics::{Metrics, PortLabels};
 
+/// The HTTP/2 connection preface: a client that starts it must finish it in the handshake time
+/// (past it, hyper waits for the rest without a timeout of its own).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Pause between looks at a connection's first bytes.
+const PEEK_AGAIN: Duration = Duration::from_millis(10);
+
 /// Pause after a failed accept (out of descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -93,6 +100,22 @@ async fn accept_loop(
     }
 }
 
+/// Waits until a plain-text client has sent an HTTP/1 request's first bytes or the whole
+/// HTTP/2 preface; None when it closed first.
+async fn first_bytes(stream: &TcpStream) -> Option<()> {
+    let mut buffer = [0u8; H2_PREFACE.len()];
+    loop {
+        let read = stream.peek(&mut buffer).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        if read == H2_PREFACE.len() || buffer[..read] != H2_PREFACE[..read] {
+            return Some(());
+        }
+        tokio::time::sleep(PEEK_AGAIN).await;
+    }
+}
+
 /// The TLS handshake, or in plain text the wait for the first bytes; None when it failed.
 async fn establish(
     stream: TcpStream,
@@ -100,7 +123,7 @@ async fn establish(
     config: &ListenerConfig,
 ) -> Option<(Stream, Peer)> {
     let Some(tls) = &config.tls else {
-        stream.readable().await.ok()?;
+        first_bytes(&stream).await?;
         return Some((Stream::Plain(stream), peer));
     };
     match tls.acceptor().accept(stream).await {
