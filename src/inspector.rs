@@ -371,20 +371,26 @@ impl Inspector {
                 futures::future::try_join_all(requests.into_iter().map(|mut request| async move {
                     let image_sha256 = hash(&request.image).await?;
                     if let Some(stored) = self.lookup(&mut request).await? {
-                        return Ok(Ready::Stored(
+                        return Ok(Ready::Stored(Box::new(
                             self.replay(stored, &image_sha256, &request).await?,
-                        ));
+                        )));
                     }
                     let unit = Unit::of(&request, self.limits.default_deadline);
                     let (verdict, heatmap_png) = self.infer(request).await?;
-                    Ok::<_, Error>(Ready::Inferred(unit, image_sha256, verdict, heatmap_png))
+                    Ok::<_, Error>(Ready::Inferred(Box::new((
+                        unit,
+                        image_sha256,
+                        verdict,
+                        heatmap_png,
+                    ))))
                 }))
                 .await?;
             let mut inspected = Vec::with_capacity(ready.len());
             for unit in ready {
                 inspected.push(match unit {
-                    Ready::Stored(stored) => stored,
-                    Ready::Inferred(unit, image_sha256, verdict, heatmap_png) => {
+                    Ready::Stored(stored) => *stored,
+                    Ready::Inferred(inferred) => {
+                        let (unit, image_sha256, verdict, heatmap_png) = *inferred;
                         self.commit(unit, image_sha256, verdict, heatmap_png)
                             .await?
                     }
@@ -739,9 +745,9 @@ impl Unit {
 /// A unit of a batch before the batch commits.
 enum Ready {
     /// Its key was already stored: the stored verdict.
-    Stored(Inspected),
+    Stored(Box<Inspected>),
     /// Inferred, waiting for the batch to commit.
-    Inferred(Unit, String, Verdict, Option<Vec<u8>>),
+    Inferred(Box<(Unit, String, Verdict, Option<Vec<u8>>)>),
 }
 
 /// Forgets a running asynchronous submission when its task ends, however it ends.

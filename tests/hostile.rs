@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
-use common::{TestServer, length_prefixed, samples};
+use common::{TestServer, crc32, length_prefixed, samples};
 use image::ImageFormat;
 use kensa::api::proto::inference as v2;
 use kensa::api::proto::kensa_v1 as pb;
@@ -48,22 +48,6 @@ fn encoded() -> Vec<(ImageFormat, Vec<u8>)> {
         (format, bytes.into_inner())
     })
     .collect()
-}
-
-/// CRC-32 of a PNG chunk's type and data.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// Images that must be refused: (name, bytes, status, code).
@@ -163,7 +147,10 @@ fn tiff_bomb() -> Vec<u8> {
     tiff
 }
 
-fn multipart(server: &TestServer, parts: &[(&str, Vec<u8>, bool)]) -> reqwest::RequestBuilder {
+/// A multipart part: name, bytes, and whether it is a file.
+type Part = (&'static str, Vec<u8>, bool);
+
+fn multipart(server: &TestServer, parts: &[Part]) -> reqwest::RequestBuilder {
     let mut form = reqwest::multipart::Form::new();
     for (name, bytes, file) in parts {
         let part = reqwest::multipart::Part::bytes(bytes.clone());
@@ -196,7 +183,7 @@ fn http_cases(server: &TestServer) -> Vec<Case> {
             code,
         });
     }
-    let good = |extra: &[(&'static str, Vec<u8>, bool)]| {
+    let good = |extra: &[Part]| {
         let mut parts = vec![
             ("image", image.clone(), true),
             ("station_id", text(HOSTILE), false),
@@ -204,7 +191,7 @@ fn http_cases(server: &TestServer) -> Vec<Case> {
         parts.extend(extra.iter().cloned());
         parts
     };
-    let part_cases: Vec<(&str, Vec<(&str, Vec<u8>, bool)>, &str)> = vec![
+    let part_cases: Vec<(&str, Vec<Part>, &str)> = vec![
         (
             "two image parts",
             good(&[("image", image.clone(), true)]),

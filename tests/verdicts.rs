@@ -31,6 +31,24 @@ async fn post(
     server.post_unit("", image, &fields).await
 }
 
+/// Submits one unit of station slow-line with `mode=async`.
+async fn submit_async(server: &TestServer, image: &[u8], id: &str) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(image.to_vec()).file_name("u.png"),
+        )
+        .text("station_id", "slow-line")
+        .text("inspection_id", id.to_string());
+    server
+        .client
+        .post(server.url("/v1/inspections?mode=async"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Asks for the heat map PNG of one inspection under station aoi-07.
 async fn heat_map(server: &TestServer, id: &str, image: &[u8]) -> reqwest::Response {
     let fields = [
@@ -147,29 +165,15 @@ async fn the_same_key_with_another_image_is_a_409() {
 async fn a_second_async_submission_with_another_image_under_one_key_is_a_409() {
     let server = TestServer::start(&[]).await;
     let samples = samples();
-    let submit = |image: &[u8]| {
-        server
-            .client
-            .post(server.url("/v1/inspections?mode=async"))
-            .multipart(
-                reqwest::multipart::Form::new()
-                    .part(
-                        "image",
-                        reqwest::multipart::Part::bytes(image.to_vec()).file_name("u.png"),
-                    )
-                    .text("station_id", "slow-line")
-                    .text("inspection_id", "K1"),
-            )
-            .send()
-    };
-    assert_eq!(submit(&samples[0].image).await.unwrap().status(), 202);
-    let second = submit(&samples[1].image).await.unwrap();
+    let submit = |image| submit_async(&server, image, "K1");
+    assert_eq!(submit(&samples[0].image).await.status(), 202);
+    let second = submit(&samples[1].image).await;
     assert_eq!(
         second.status(),
         409,
         "running or stored, the key holds another image"
     );
-    let again = submit(&samples[0].image).await.unwrap().status();
+    let again = submit(&samples[0].image).await.status();
     assert!(
         [200, 202].contains(&again.as_u16()),
         "the same unit again is no conflict: {again}"
@@ -398,22 +402,8 @@ async fn server_sent_events_stream_from_a_cursor_and_resume_by_last_event_id() {
 async fn async_submission_answers_202_and_the_verdict_lands_in_the_store() {
     let server = TestServer::start(&[]).await;
     let sample = &samples()[1];
-    let submit = || {
-        server
-            .client
-            .post(server.url("/v1/inspections?mode=async"))
-            .multipart(
-                reqwest::multipart::Form::new()
-                    .part(
-                        "image",
-                        reqwest::multipart::Part::bytes(sample.image.clone()).file_name("u.png"),
-                    )
-                    .text("station_id", "slow-line")
-                    .text("inspection_id", "A/1"),
-            )
-            .send()
-    };
-    let accepted = submit().await.unwrap();
+    let submit = || submit_async(&server, &sample.image, "A/1");
+    let accepted = submit().await;
     assert_eq!(accepted.status(), 202);
     assert_eq!(
         accepted.headers()["location"],
@@ -434,7 +424,7 @@ async fn async_submission_answers_202_and_the_verdict_lands_in_the_store() {
         .unwrap();
     assert_eq!(by_key.status(), 200);
 
-    let again = submit().await.unwrap();
+    let again = submit().await;
     assert_eq!(again.status(), 200, "a retry of a stored key");
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["status"], "stored");

@@ -143,6 +143,20 @@ impl Gate {
         })
     }
 
+    /// [`Gate::admit`] with the credentials of an HTTP request (both ports are HTTP): the
+    /// `authorization` header and the peer the transport put into the extensions.
+    pub fn admit_request(
+        &self,
+        requirement: Requirement,
+        headers: &axum::http::HeaderMap,
+        extensions: &axum::http::Extensions,
+    ) -> Result<Admitted, Error> {
+        let authorization = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.admit(requirement, authorization, extensions.get::<Peer>())
+    }
+
     fn identify(&self, authorization: Option<&str>, peer: Option<&Peer>) -> Result<Caller, Error> {
         let Some(clients) = &self.clients else {
             return Ok(Caller::default());

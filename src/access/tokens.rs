@@ -58,6 +58,15 @@ impl Caller {
         }
     }
 
+    /// The caller the access gate put into a request's extensions; nobody when no gate vouched
+    /// for the request.
+    pub fn of(extensions: &axum::http::Extensions) -> Caller {
+        extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::nobody)
+    }
+
     /// Whether the caller holds `scope`.
     pub fn holds(&self, scope: Scope) -> bool {
         self.scopes.as_ref().is_none_or(|s| s.contains(&scope))

@@ -55,7 +55,7 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
         &self,
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::Verdict>, Status> {
-        let caller = caller(&request);
+        let caller = Caller::of(request.extensions());
         let inspected = self
             .inspector
             .inspect(inspection(request.into_inner(), caller))
@@ -74,7 +74,7 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
         request: Request<Streaming<pb::InspectRequest>>,
     ) -> Result<Response<Self::InspectStreamStream>, Status> {
         let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
-        let caller = caller(&request);
+        let caller = Caller::of(request.extensions());
         tokio::spawn(pump_inspections(
             request.into_inner(),
             caller,
@@ -231,15 +231,6 @@ async fn pump_inspections(
             )))
             .await;
     }
-}
-
-/// Who sent a call, as the access gate found; nobody when no gate vouched for it.
-fn caller<T>(request: &Request<T>) -> Caller {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(Caller::nobody)
 }
 
 /// The inspection a message asks for; empty strings mean "not given".

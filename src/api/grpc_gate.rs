@@ -7,11 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::http::{Request, Response, header};
+use axum::http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::grpc_status;
-use crate::access::{Gate, Peer, scopes};
+use crate::access::{Gate, scopes};
 
 /// The layer; see the module.
 #[derive(Clone)]
@@ -63,15 +63,9 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let requirement = scopes::grpc(request.uri().path());
-        let authorization = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let admitted = self.gate.admit(
-            requirement,
-            authorization,
-            request.extensions().get::<Peer>(),
-        );
+        let admitted =
+            self.gate
+                .admit_request(requirement, request.headers(), request.extensions());
         let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(error) => {

@@ -7,13 +7,13 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, Uri, header};
+use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 
 use super::state::AppState;
 use super::{inspections, ops, v2, verdicts};
-use crate::access::{Peer, scopes};
+use crate::access::scopes;
 use crate::error::Error;
 use crate::metrics::{HttpLabels, RouteLabels};
 
@@ -58,15 +58,9 @@ async fn guard(State(state): State<AppState>, mut request: Request<Body>, next: 
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string());
     let requirement = scopes::http(request.method().as_str(), route.as_deref());
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let admitted = state.gate.admit(
-        requirement,
-        authorization,
-        request.extensions().get::<Peer>(),
-    );
+    let admitted = state
+        .gate
+        .admit_request(requirement, request.headers(), request.extensions());
     match admitted {
         Ok(admitted) => {
             request.extensions_mut().insert(admitted.caller.clone());

@@ -75,11 +75,7 @@ async fn inspect(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(Caller::nobody);
+    let caller = Caller::of(request.extensions());
     let body = state.body(request).await?;
     let mut inspection = if content_type.starts_with("multipart/form-data") {
         from_multipart(&content_type, body).await?
@@ -194,7 +190,9 @@ struct JsonInspection {
     extra: BTreeMap<String, serde_json::Value>,
 }
 
-fn from_json(body: &[u8]) -> Result<InspectionRequest, Error> {
+/// The inspection a JSON body asks for (the image as base64); public so the fuzz target reaches
+/// it without a server.
+pub fn from_json(body: &[u8]) -> Result<InspectionRequest, Error> {
     let parsed: JsonInspection = serde_json::from_slice(body)
         .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
     let image = parsed
@@ -238,7 +236,9 @@ fn from_json(body: &[u8]) -> Result<InspectionRequest, Error> {
 const PARTS: &str = "image (the file), note, station_id, inspection_id, model, model_version, \
                      deadline_ms, priority; any other text part is kept as metadata";
 
-async fn from_multipart(content_type: &str, body: Bytes) -> Result<InspectionRequest, Error> {
+/// The inspection a multipart form asks for; each part at most once. Public so the fuzz target
+/// reaches it without a server.
+pub async fn from_multipart(content_type: &str, body: Bytes) -> Result<InspectionRequest, Error> {
     let boundary = multer::parse_boundary(content_type)
         .map_err(|e| Error::BadRequest(format!("bad multipart content type: {e}")))?;
     let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::header;
+use http_body_util::BodyExt as _;
 
 use crate::access::Gate;
 use crate::error::Error;
@@ -44,6 +45,12 @@ impl AppState {
     }
 }
 
+/// Most bytes of a refused body read and dropped before answering 413, so the client reads the
+/// answer instead of a connection reset (closing a socket with unread data resets it).
+const DRAIN_BYTES: usize = 64 << 20;
+/// Longest that draining a refused body may take.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// Reads the whole body, refusing with 413 past `limit` without buffering more than that.
 async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
     let declared = request
@@ -54,6 +61,8 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
     if let Some(size) = declared
         && size > limit
     {
+        let drain = http_body_util::Limited::new(request.into_body(), DRAIN_BYTES).collect();
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
         return Err(Error::PayloadTooLarge {
             what: "request body",
             size,

@@ -623,7 +623,19 @@ impl ToSql for Param<'_> {
 }
 
 fn unavailable(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(format!("PostgreSQL: {error}"))
+    StoreError::Unavailable(format!("PostgreSQL: {}", with_sources(&error)))
+}
+
+/// An error and its causes ("db error" alone does not say that pg_hba.conf refused us).
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn corrupt(error: tokio_postgres::Error) -> StoreError {
@@ -635,7 +647,7 @@ fn writer_gone() -> StoreError {
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("PostgreSQL connection: {error}"))
+    StoreError::Unavailable(format!("PostgreSQL connection: {}", with_sources(&error)))
 }
 
 #[cfg(test)]

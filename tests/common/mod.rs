@@ -269,9 +269,11 @@ pub async fn raw_grpc(
         .map(tonic::Response::into_inner)
 }
 
-/// Writes a client file into `dir`: (name, token, scopes, stations) per client; returns its
-/// path.
-pub fn write_clients(dir: &Path, clients: &[(&str, &str, &[&str], Option<&[&str]>)]) -> PathBuf {
+/// One client of a client file: name, token, scopes, and the stations it may submit for.
+pub type Client<'a> = (&'a str, &'a str, &'a [&'a str], Option<&'a [&'a str]>);
+
+/// Writes a client file into `dir`; returns its path.
+pub fn write_clients(dir: &Path, clients: &[Client<'_>]) -> PathBuf {
     let mut text = String::new();
     for (name, token, scopes, stations) in clients {
         text.push_str(&format!(
@@ -286,6 +288,22 @@ pub fn write_clients(dir: &Path, clients: &[(&str, &str, &[&str], Option<&[&str]
     let path = dir.join("clients.toml");
     std::fs::write(&path, text).expect("client file written");
     path
+}
+
+/// CRC-32 of a PNG chunk's type and data, for tests that rewrite a PNG header.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 /// Label names in logits order, from the demo manifest.

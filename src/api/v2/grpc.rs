@@ -97,11 +97,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceApi {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
-            .unwrap_or_else(Caller::nobody);
+        let caller = Caller::of(request.extensions());
         let call = infer_call(request.into_inner(), caller).map_err(|e| grpc_status(&e))?;
         let outcome = model::infer(&self.inspector, call)
             .await

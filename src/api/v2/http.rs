@@ -139,12 +139,44 @@ async fn infer(
                 .ok_or_else(|| Error::BadRequest(format!("{HEADER_LENGTH} must be a byte count")))
         })
         .transpose()?;
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(Caller::nobody);
+    let caller = Caller::of(request.extensions());
     let body = state.body(request).await?;
+    let decoded = decode_infer(header_length, body)?;
+    let outcome = model::infer(
+        &state.inspector,
+        InferCall {
+            model_name: path.name,
+            model_version: path.version,
+            id: decoded.id.clone(),
+            inputs: decoded.inputs,
+            outputs: decoded.outputs.clone(),
+            caller,
+        },
+    )
+    .await?;
+    Ok(respond(outcome, |name| {
+        decoded.all_binary || decoded.binary_outputs.iter().any(|b| b == name)
+    }))
+}
+
+/// An inference request body, decoded: what the protocol layer needs, and which outputs go
+/// back raw.
+#[derive(Debug)]
+pub struct DecodedInfer {
+    /// The client's request id.
+    pub id: String,
+    /// The input tensors, their data still encoded.
+    pub inputs: Vec<InputTensor>,
+    /// The outputs asked for, in order.
+    pub outputs: Vec<String>,
+    binary_outputs: Vec<String>,
+    all_binary: bool,
+}
+
+/// Splits a body into its JSON header (`header_length` bytes, or all of it) and the binary
+/// inputs after it, each claimed by an input's `binary_data_size`; refuses lengths that run past
+/// the body and bytes no input claims. Public so the fuzz target reaches it without a server.
+pub fn decode_infer(header_length: Option<usize>, body: Bytes) -> Result<DecodedInfer, Error> {
     let (json, mut binary) = match header_length {
         Some(length) if length > body.len() => {
             return Err(Error::BadRequest(format!(
@@ -192,21 +224,13 @@ async fn infer(
         }
     }
     let all_binary = parsed.outputs.is_empty() && binary_by_default.unwrap_or(false);
-    let outcome = model::infer(
-        &state.inspector,
-        InferCall {
-            model_name: path.name,
-            model_version: path.version,
-            id: parsed.id,
-            inputs,
-            outputs: parsed.outputs.into_iter().map(|o| o.name).collect(),
-            caller,
-        },
-    )
-    .await?;
-    Ok(respond(outcome, |name| {
-        all_binary || binary_outputs.iter().any(|b| b == name)
-    }))
+    Ok(DecodedInfer {
+        id: parsed.id,
+        inputs,
+        outputs: parsed.outputs.into_iter().map(|o| o.name).collect(),
+        binary_outputs,
+        all_binary,
+    })
 }
 
 /// An input's `binary_data_size` parameter.
