@@ -326,6 +326,13 @@ mod tests {
         let status = tonic::Status::from(&large);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.metadata().get(GRPC_RETRY_PUSHBACK_KEY).is_none());
+        let failed = Error::Inference("poisoned batch".into());
+        assert_eq!(StatusCode::from(&failed), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            tonic::Status::from(&failed).code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(failed.retry_after(), Some(Duration::from_secs(1)));
         let status = tonic::Status::from(&Error::Unavailable("warming up"));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(

@@ -44,16 +44,21 @@ fn root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs a program, as the `postgres` user when this test runs as root (PostgreSQL refuses root).
-fn as_postgres(program: &Path, args: &[&str]) {
-    let mut command = if root() {
+/// A command that runs `program` as the `postgres` user when this test runs as root
+/// (PostgreSQL refuses to run as root).
+fn postgres_command(program: &Path) -> Command {
+    if root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
         command
     } else {
         Command::new(program)
-    };
-    let output = command
+    }
+}
+
+/// Runs a PostgreSQL tool and insists that it succeeds.
+fn as_postgres(program: &Path, args: &[&str]) {
+    let output = postgres_command(program)
         .args(args)
         .output()
         .expect("the PostgreSQL tools run");
@@ -172,17 +177,10 @@ impl TlsPostgres {
 
 impl Drop for TlsPostgres {
     fn drop(&mut self) {
-        let data = self.data.to_str().unwrap().to_string();
-        let ctl = self.bin.join("pg_ctl");
-        let mut command = if root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(ctl);
-            command
-        } else {
-            Command::new(ctl)
-        };
-        let _ = command
-            .args(["-D", &data, "-m", "immediate", "stop"])
+        let _ = postgres_command(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
             .output();
     }
 }
