@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .bytes(".")
+        .codec_path("crate::api::codec::StrictCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

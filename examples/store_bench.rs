@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let location =
         StoreLocation::parse(&args.store, std::path::Path::new(".")).map_err(anyhow::Error::msg)?;
-    let store = store::open(&location).await?.verdicts;
+    let store = store::open(&location, &Default::default()).await?.verdicts;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
     let writers = (0..args.writers).map(|w| {

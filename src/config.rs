@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::decision::ThresholdOverride;
+use crate::edge::EdgeArgs;
 use crate::inspector::Limits;
 use crate::model::registry::{BucketChoice, LoadOptions};
 use crate::model::runtime::RuntimeOptions;
@@ -185,14 +186,16 @@ pub struct ServeArgs {
     /// Request limits.
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "KENSA_HTTP_HOST", default_value = "0.0.0.0")]
+    /// Address the HTTP API listens on (loopback by default; other addresses need
+    /// --auth-clients or --no-auth).
+    #[arg(long, env = "KENSA_HTTP_HOST", default_value = "127.0.0.1")]
     pub http_host: IpAddr,
     /// Port of the HTTP API (0: any free port).
     #[arg(long, env = "KENSA_HTTP_PORT", default_value_t = 8080)]
     pub http_port: u16,
-    /// Address the gRPC APIs (native, Open Inference Protocol, health, reflection) listen on.
-    #[arg(long, env = "KENSA_GRPC_HOST", default_value = "0.0.0.0")]
+    /// Address the gRPC APIs (native, Open Inference Protocol, health, reflection) listen on
+    /// (loopback by default, like --http-host).
+    #[arg(long, env = "KENSA_GRPC_HOST", default_value = "127.0.0.1")]
     pub grpc_host: IpAddr,
     /// Port of the gRPC APIs (0: any free port).
     #[arg(long, env = "KENSA_GRPC_PORT", default_value_t = 8081)]
@@ -214,6 +217,9 @@ pub struct ServeArgs {
     /// Verdict store, retention and MQTT.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Access, TLS and connection limits.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 /// The durable verdict store and what hangs off it.
@@ -262,6 +268,37 @@ pub struct StoreArgs {
     /// MQTT client id; must differ between replicas (default: kensa-<host name>).
     #[arg(long, env = "KENSA_MQTT_CLIENT_ID")]
     pub mqtt_client_id: Option<String>,
+    /// Longest a store operation may take before it counts as failed (the store is then
+    /// reported not ready until it answers again).
+    #[arg(long, env = "KENSA_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub store_timeout: Duration,
+    /// File holding the PostgreSQL password (or KENSA_STORE_PASSWORD), so it is not in the
+    /// process arguments.
+    #[arg(long, env = "KENSA_STORE_PASSWORD_FILE", value_name = "FILE")]
+    pub store_password_file: Option<PathBuf>,
+    /// Connect to the MQTT broker with TLS, verifying it against --mqtt-ca (or the system's
+    /// roots).
+    #[arg(long, env = "KENSA_MQTT_TLS")]
+    pub mqtt_tls: bool,
+    /// PEM CA certificates for the MQTT broker's certificate.
+    #[arg(
+        long,
+        env = "KENSA_MQTT_CA",
+        value_name = "FILE",
+        requires = "mqtt_tls"
+    )]
+    pub mqtt_ca: Option<PathBuf>,
+    /// MQTT user name.
+    #[arg(long, env = "KENSA_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    /// File holding the MQTT password (or KENSA_MQTT_PASSWORD).
+    #[arg(
+        long,
+        env = "KENSA_MQTT_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "mqtt_username"
+    )]
+    pub mqtt_password_file: Option<PathBuf>,
 }
 
 /// Verdicts the in-memory store keeps when `--retention-max-rows` names no number.
@@ -306,8 +343,16 @@ impl StoreArgs {
         }
     }
 
-    /// The MQTT publisher's settings, when publishing is on.
-    pub fn mqtt(&self) -> anyhow::Result<Option<MqttConfig>> {
+    /// How the store is opened: the password from its file or the environment.
+    pub fn open_options(&self) -> anyhow::Result<crate::store::OpenOptions> {
+        Ok(crate::store::OpenOptions {
+            password: secret(self.store_password_file.as_deref(), "KENSA_STORE_PASSWORD")?,
+        })
+    }
+
+    /// The MQTT publisher's settings, when publishing is on; `max_note_chars` sizes its packet
+    /// limit.
+    pub fn mqtt(&self, max_note_chars: usize) -> anyhow::Result<Option<MqttConfig>> {
         let Some(broker) = &self.mqtt else {
             return Ok(None);
         };
@@ -337,8 +382,29 @@ impl StoreArgs {
             client_id,
             topic_prefix: self.mqtt_topic_prefix.trim_end_matches('/').to_string(),
             keep_alive: Duration::from_secs(15),
+            tls: self.mqtt_tls.then(|| self.mqtt_ca.clone()),
+            credentials: match &self.mqtt_username {
+                Some(user) => Some((
+                    user.clone(),
+                    secret(self.mqtt_password_file.as_deref(), "KENSA_MQTT_PASSWORD")?
+                        .unwrap_or_default(),
+                )),
+                None => None,
+            },
+            max_packet_bytes: crate::publish::mqtt::packet_limit(max_note_chars),
         }))
     }
+}
+
+/// A secret from a file (its first line) or, without one, from an environment variable, so it
+/// never appears in the process arguments.
+fn secret(file: Option<&Path>, variable: &str) -> anyhow::Result<Option<String>> {
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the secret file {}", file.display()))?;
+        return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
+    }
+    Ok(std::env::var(variable).ok().filter(|v| !v.is_empty()))
 }
 
 /// `kensa check`.
@@ -572,7 +638,7 @@ mod tests {
             Some(Duration::from_secs(30 * 86_400))
         );
         assert_eq!(store.retention().max_image_bytes, None);
-        let mqtt = store.mqtt().unwrap().unwrap();
+        let mqtt = store.mqtt(4096).unwrap().unwrap();
         assert_eq!((mqtt.host.as_str(), mqtt.port), ("broker", 1884));
         assert_eq!(mqtt.client_id, "k1");
         let none = Cli::parse_from(os(&["kensa", "serve", "--store=none"]));
@@ -586,7 +652,7 @@ mod tests {
                 image_bytes: 0
             }
         );
-        assert!(serve.store.mqtt().unwrap().is_none());
+        assert!(serve.store.mqtt(4096).unwrap().is_none());
     }
 
     #[test]

@@ -111,9 +111,24 @@ pub enum Error {
         /// The request's path.
         path: String,
     },
-    /// ONNX Runtime failed on a batch.
+    /// ONNX Runtime failed on a batch; only that batch fails, so a retry may succeed.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// No valid credentials: no token, an unknown token, or an unknown client certificate.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this (a scope it lacks, a station not its own).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller sends faster than its rate limit allows.
+    #[error("rate limit reached; retry in {}", humantime::format_duration(*retry_after))]
+    RateLimited {
+        /// When a request will be let in again.
+        retry_after: Duration,
+    },
+    /// The request body did not arrive in time (a stalled or very slow client).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A bug or an unexpected state; never caused by input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -157,6 +172,10 @@ impl Error {
             Error::RouteNotFound { .. } => "route_not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Inference(_) => "inference_failed",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::Forbidden(_) => "forbidden",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::RequestTimeout(_) => "request_timeout",
             Error::Internal(_) => "internal",
         }
     }
@@ -164,8 +183,12 @@ impl Error {
     /// How long a client should wait before retrying, when that is known.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::QueueFull { retry_after, .. } => Some(*retry_after),
-            Error::Unavailable(_) | Error::StoreUnavailable(_) => Some(Duration::from_secs(1)),
+            Error::QueueFull { retry_after, .. } | Error::RateLimited { retry_after } => {
+                Some(*retry_after)
+            }
+            Error::Unavailable(_) | Error::StoreUnavailable(_) | Error::Inference(_) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -196,11 +219,16 @@ impl From<&Error> for StatusCode {
             | Error::ImageNotRetained { .. }
             | Error::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::QueueFull { .. } | Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Error::Unavailable(_) | Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::StoreUnavailable(_) | Error::Inference(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Inference(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -233,12 +261,18 @@ impl IntoResponse for Error {
         )
             .into_response();
         if let Some(after) = self.retry_after() {
-            let seconds = after.as_secs().max(1).to_string();
+            let seconds = after.as_secs_f64().ceil().max(1.0).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kensa\""),
+            );
+        }
         response
     }
 }
@@ -263,14 +297,20 @@ impl From<&Error> for tonic::Status {
             Error::ModelNotFound(_)
             | Error::VerdictNotFound { .. }
             | Error::ImageNotRetained { .. } => tonic::Code::NotFound,
-            Error::QueueFull { .. } => tonic::Code::ResourceExhausted,
-            Error::DeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
-            Error::Unavailable(_) | Error::StoreUnavailable(_) => tonic::Code::Unavailable,
+            Error::QueueFull { .. } | Error::RateLimited { .. } => tonic::Code::ResourceExhausted,
+            Error::DeadlineExceeded { .. } | Error::RequestTimeout(_) => {
+                tonic::Code::DeadlineExceeded
+            }
+            Error::Unavailable(_) | Error::StoreUnavailable(_) | Error::Inference(_) => {
+                tonic::Code::Unavailable
+            }
             Error::Conflict(_) => tonic::Code::AlreadyExists,
             Error::RouteNotFound { .. } | Error::MethodNotAllowed { .. } => {
                 tonic::Code::Unimplemented
             }
-            Error::Inference(_) | Error::Internal(_) => tonic::Code::Internal,
+            Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Error::Forbidden(_) => tonic::Code::PermissionDenied,
+            Error::Internal(_) => tonic::Code::Internal,
         };
         let mut status = tonic::Status::new(code, error.to_string());
         let metadata = status.metadata_mut();
@@ -308,6 +348,13 @@ mod tests {
         let status = tonic::Status::from(&large);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.metadata().get(GRPC_RETRY_PUSHBACK_KEY).is_none());
+        let failed = Error::Inference("poisoned batch".into());
+        assert_eq!(StatusCode::from(&failed), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            tonic::Status::from(&failed).code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(failed.retry_after(), Some(Duration::from_secs(1)));
         let status = tonic::Status::from(&Error::Unavailable("warming up"));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(

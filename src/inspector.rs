@@ -11,9 +11,9 @@
 //! both run inference, but the store keeps only the first commit and both callers get that
 //! stored verdict. Readers never come here: they use [`crate::verdicts`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::access::Caller;
 use crate::batching::{Entry, Priority};
 use crate::error::Error;
 use crate::heatmap;
@@ -33,6 +34,7 @@ use crate::preprocess::image::{ImageLimits, prepare_image};
 use crate::store::record::sha256_hex;
 use crate::store::retention::ImageRetention;
 use crate::store::{Inserted, NewVerdict, SharedStore, StoredVerdict};
+use crate::text::check_text;
 use crate::verdict::{Scores, Timings, Verdict};
 
 /// One inspection as every front door hands it over.
@@ -58,6 +60,8 @@ pub struct InspectionRequest {
     pub deadline: Option<Duration>,
     /// Whether to render the attention heat map into the verdict.
     pub heatmap: bool,
+    /// Who sent it, as the access gate found; a station it may not submit for is refused.
+    pub caller: Caller,
 }
 
 /// Request limits that are not the image's own.
@@ -74,17 +78,19 @@ pub struct Limits {
 }
 
 /// Longest station id, inspection id, metadata key or value.
-const MAX_ID_CHARS: usize = 128;
+pub const MAX_ID_CHARS: usize = 128;
 /// Longest metadata value.
-const MAX_METADATA_VALUE_CHARS: usize = 512;
+pub const MAX_METADATA_VALUE_CHARS: usize = 512;
 /// Most metadata fields.
-const MAX_METADATA_FIELDS: usize = 32;
+pub const MAX_METADATA_FIELDS: usize = 32;
 
-/// Whether the service takes work: models loaded and warm, not draining.
+/// Whether the service takes work: models loaded and warm, not draining, and the store able
+/// to commit.
 #[derive(Default)]
 pub struct Readiness {
     models: OnceLock<ModelRepository>,
     draining: AtomicBool,
+    store_down: AtomicBool,
 }
 
 impl Readiness {
@@ -100,9 +106,16 @@ impl Readiness {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Records whether the store can commit (see `store::health`).
+    pub fn set_store_up(&self, up: bool) {
+        self.store_down.store(!up, Ordering::SeqCst);
+    }
+
     /// True when requests are accepted.
     pub fn is_ready(&self) -> bool {
-        self.models.get().is_some() && !self.draining.load(Ordering::SeqCst)
+        self.models.get().is_some()
+            && !self.draining.load(Ordering::SeqCst)
+            && !self.store_down.load(Ordering::SeqCst)
     }
 
     /// The loaded models, once warm.
@@ -139,6 +152,12 @@ pub struct Submitted {
     pub stored: Option<Inspected>,
 }
 
+/// A key of the store: (station_id, inspection_id).
+type Key = (String, String);
+
+/// What tells two submissions under one key apart: the image's SHA-256 and the note.
+type Fingerprint = (String, String);
+
 /// The application service behind every front door.
 pub struct Inspector {
     readiness: Arc<Readiness>,
@@ -148,6 +167,9 @@ pub struct Inspector {
     store: SharedStore,
     images: ImageRetention,
     background: TaskTracker,
+    /// Asynchronous submissions still running, so a second one under the same key with other
+    /// content is refused at once instead of being dropped when it reaches the store.
+    running: Mutex<HashMap<Key, Fingerprint>>,
 }
 
 impl Inspector {
@@ -170,6 +192,7 @@ impl Inspector {
             store,
             images,
             background: TaskTracker::new(),
+            running: Mutex::new(HashMap::new()),
         }
     }
 
@@ -232,9 +255,18 @@ impl Inspector {
             return Ok(submitted(Some(inspected)));
         }
         let answer = submitted(None);
+        let key = (request.station_id.clone(), inspection_id.clone());
+        let fingerprint = (image_sha256.clone(), request.note.clone());
+        if !self.start_running(&key, fingerprint)? {
+            return Ok(answer);
+        }
         let deadline = Instant::now() + request.deadline.unwrap_or(self.limits.max_deadline);
         let inspector = Arc::clone(self);
         self.background.spawn(async move {
+            let _running = RunningGuard {
+                inspector: &inspector,
+                key,
+            };
             loop {
                 let mut attempt = request.clone();
                 attempt.deadline = Some(deadline.saturating_duration_since(Instant::now()));
@@ -264,6 +296,28 @@ impl Inspector {
         Ok(answer)
     }
 
+    /// Marks an asynchronous submission as running under `key`: true when it is new, false
+    /// when the same unit is already running (a retry: nothing more to do), a conflict when
+    /// another unit is running under the key.
+    fn start_running(&self, key: &Key, fingerprint: Fingerprint) -> Result<bool, Error> {
+        let mut running = match self.running.lock() {
+            Ok(running) => running,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match running.get(key) {
+            Some(other) if *other == fingerprint => Ok(false),
+            Some(_) => Err(Error::Conflict(format!(
+                "station {:?} has an asynchronous inspection {:?} still running with a \
+                 different image or note; a new unit needs a new inspection_id",
+                key.0, key.1
+            ))),
+            None => {
+                running.insert(key.clone(), fingerprint);
+                Ok(true)
+            }
+        }
+    }
+
     /// Waits for asynchronous inspections still running (on shutdown).
     pub async fn finish_background(&self) {
         self.background.close();
@@ -289,21 +343,99 @@ impl Inspector {
         request: InspectionRequest,
         image_sha256: String,
     ) -> Result<Inspected, Error> {
-        let image = request.image.clone();
-        let note = request.note.clone();
-        let heatmap = request.heatmap;
+        let unit = Unit::of(&request, self.limits.default_deadline);
         let (verdict, heatmap_png) = self.infer(request).await?;
+        self.commit(unit, image_sha256, verdict, heatmap_png).await
+    }
+
+    /// Inspects the units of one batch all or nothing (the Open Inference Protocol's batches):
+    /// every unit is checked, and inferred or found stored, before any is committed, so a batch
+    /// refused with a 4xx, 429 or 504 stores nothing. One key twice in a batch is refused.
+    pub async fn inspect_all(
+        &self,
+        requests: Vec<InspectionRequest>,
+    ) -> Result<Vec<Inspected>, Error> {
+        let result = async {
+            let mut keys = HashSet::new();
+            for request in &requests {
+                self.validate(request)?;
+                if let Some(id) = &request.inspection_id
+                    && !keys.insert((&request.station_id, id))
+                {
+                    return Err(Error::BadRequest(format!(
+                        "inspection_id {id:?} of station {:?} appears twice in the batch",
+                        request.station_id
+                    )));
+                }
+            }
+            let ready =
+                futures::future::try_join_all(requests.into_iter().map(|mut request| async move {
+                    let image_sha256 = hash(&request.image).await?;
+                    if let Some(stored) = self.lookup(&mut request).await? {
+                        return Ok(Ready::Stored(Box::new(
+                            self.replay(stored, &image_sha256, &request).await?,
+                        )));
+                    }
+                    let unit = Unit::of(&request, self.limits.default_deadline);
+                    let (verdict, heatmap_png) = self.infer(request).await?;
+                    Ok::<_, Error>(Ready::Inferred(Box::new((
+                        unit,
+                        image_sha256,
+                        verdict,
+                        heatmap_png,
+                    ))))
+                }))
+                .await?;
+            let mut inspected = Vec::with_capacity(ready.len());
+            for unit in ready {
+                inspected.push(match unit {
+                    Ready::Stored(stored) => *stored,
+                    Ready::Inferred(inferred) => {
+                        let (unit, image_sha256, verdict, heatmap_png) = *inferred;
+                        self.commit(unit, image_sha256, verdict, heatmap_png)
+                            .await?
+                    }
+                });
+            }
+            Ok(inspected)
+        }
+        .await;
+        if let Ok(all) = &result {
+            let replays = all.iter().filter(|i| i.replayed).count();
+            self.metrics.idempotent_replays.inc_by(replays as u64);
+        }
+        result
+    }
+
+    /// Commits a verdict within the unit's deadline; the answer is whichever verdict the store
+    /// kept. A commit that misses the deadline is not acknowledged (504); the station retries
+    /// with the same key and gets the verdict if the commit landed after all.
+    async fn commit(
+        &self,
+        unit: Unit,
+        image_sha256: String,
+        verdict: Verdict,
+        heatmap_png: Option<Vec<u8>>,
+    ) -> Result<Inspected, Error> {
         let record = NewVerdict {
             image: self
                 .images
-                .keeps(&verdict, image.len())
-                .then_some(image.clone()),
+                .keeps(&verdict, unit.request.image.len())
+                .then_some(unit.request.image.clone()),
             verdict,
-            note,
+            note: unit.request.note.clone(),
             image_sha256: image_sha256.clone(),
         };
         let started = Instant::now();
-        let inserted = self.store.insert(record).await?;
+        let inserted = match tokio::time::timeout_at(unit.deadline, self.store.insert(record)).await
+        {
+            Ok(inserted) => inserted?,
+            Err(_) => {
+                return Err(Error::DeadlineExceeded {
+                    deadline: unit.deadline_after,
+                });
+            }
+        };
         self.metrics
             .store_write_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -315,14 +447,7 @@ impl Inspector {
                 heatmap_png,
             }),
             // Another request with this key committed first: its verdict is the one.
-            Inserted::Existing(stored) => {
-                let request = InspectionRequest {
-                    image,
-                    heatmap,
-                    ..InspectionRequest::default()
-                };
-                self.replay(stored, &image_sha256, &request).await
-            }
+            Inserted::Existing(stored) => self.replay(stored, &image_sha256, &unit.request).await,
         }
     }
 
@@ -348,6 +473,14 @@ impl Inspector {
                 short(image_sha256),
             )));
         }
+        if stored.note != request.note {
+            return Err(Error::Conflict(format!(
+                "station {:?} already has a verdict for inspection {:?} (cursor {}) with the \
+                 same image but a different note; a retry must resend the same note, a new \
+                 unit needs a new inspection_id",
+                stored.verdict.station_id, stored.verdict.inspection_id, stored.cursor,
+            )));
+        }
         let heatmap_png = if request.heatmap {
             Some(self.render_heatmap(&request.image, &stored.verdict).await?)
         } else {
@@ -366,7 +499,7 @@ impl Inspector {
             .models()
             .filter(|_| self.readiness.is_ready())
             .ok_or(Error::Unavailable(
-                "models are loading or the service is draining",
+                "models are loading, the service is draining, or the store cannot commit",
             ))
     }
 
@@ -521,6 +654,13 @@ impl Inspector {
     /// Checks everything that does not need the image decoded.
     fn validate(&self, request: &InspectionRequest) -> Result<(), Error> {
         check_id("station_id", &request.station_id)?;
+        if !request.caller.may_submit_for(&request.station_id) {
+            return Err(Error::Forbidden(format!(
+                "client {:?} may not submit for station {:?}",
+                &*request.caller.name, request.station_id
+            )));
+        }
+        check_text("note", &request.note)?;
         if let Some(id) = &request.inspection_id {
             check_id("inspection_id", id)?;
         }
@@ -550,6 +690,7 @@ impl Inspector {
         }
         for (key, value) in &request.metadata {
             check_id("metadata key", key)?;
+            check_text(&format!("metadata {key}"), value)?;
             if value.chars().count() > MAX_METADATA_VALUE_CHARS {
                 return Err(Error::BadRequest(format!(
                     "metadata {key} is longer than {MAX_METADATA_VALUE_CHARS} characters"
@@ -616,6 +757,52 @@ impl Inspector {
         })
         .await
         .map_err(|e| Error::Internal(format!("heat map rendering panicked: {e}")))?
+    }
+}
+
+/// What a commit needs of its request: the image and note it stores or compares, whether a
+/// heat map was asked for, and the deadline that also covers the commit.
+struct Unit {
+    request: InspectionRequest,
+    deadline: Instant,
+    deadline_after: Duration,
+}
+
+impl Unit {
+    fn of(request: &InspectionRequest, default_deadline: Duration) -> Unit {
+        let deadline_after = request.deadline.unwrap_or(default_deadline);
+        Unit {
+            request: InspectionRequest {
+                image: request.image.clone(),
+                note: request.note.clone(),
+                heatmap: request.heatmap,
+                ..InspectionRequest::default()
+            },
+            deadline: Instant::now() + deadline_after,
+            deadline_after,
+        }
+    }
+}
+
+/// A unit of a batch before the batch commits.
+enum Ready {
+    /// Its key was already stored: the stored verdict.
+    Stored(Box<Inspected>),
+    /// Inferred, waiting for the batch to commit.
+    Inferred(Box<(Unit, String, Verdict, Option<Vec<u8>>)>),
+}
+
+/// Forgets a running asynchronous submission when its task ends, however it ends.
+struct RunningGuard<'a> {
+    inspector: &'a Inspector,
+    key: Key,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.inspector.running.lock() {
+            running.remove(&self.key);
+        }
     }
 }
 

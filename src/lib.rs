@@ -8,11 +8,13 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod batching;
 pub mod config;
 pub mod decision;
 pub mod drift;
+pub mod edge;
 pub mod error;
 pub mod heatmap;
 pub mod inspector;
@@ -22,5 +24,7 @@ pub mod preprocess;
 pub mod publish;
 pub mod server;
 pub mod store;
+pub mod text;
+pub mod transport;
 pub mod verdict;
 pub mod verdicts;

@@ -69,8 +69,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Listening before anything else: SIGHUP's default action would end the process.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
     let grace = args.shutdown_grace;
     let server = Server::start(args).await?;
+    let reloader = server.reloader();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the client file and TLS certificates");
+            reloader.reload();
+        }
+    });
     let stopper = server.shutdown_handle();
     let stop = server_stop_signal();
     tokio::pin!(stop);

@@ -192,6 +192,21 @@ pub struct Metrics {
     process: ProcessMetrics,
     stations: LabelCap,
     lines: LabelCap,
+    /// Verdicts the MQTT publisher could not publish and skipped (dead letters).
+    pub mqtt_dead_letters: Counter,
+    /// 1 while the store commits (and its probe answers) within its timeout, 0 when it cannot.
+    pub store_up: Gauge,
+    /// Connections open per port.
+    pub connections_open: Family<PortLabels, Gauge>,
+    /// Connections closed at once because the port's connection cap was reached.
+    pub connections_refused: Family<PortLabels, Counter>,
+}
+
+/// Labels of the connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    /// `http` or `grpc`.
+    pub port: String,
 }
 
 /// Read from /proc at each scrape.
@@ -444,6 +459,30 @@ impl Metrics {
             "Stored verdicts not yet acknowledged by the MQTT broker",
             mqtt_backlog.clone(),
         );
+        let mqtt_dead_letters = Counter::default();
+        kensa.register(
+            "mqtt_dead_letters",
+            "Verdicts the MQTT publisher could not publish and skipped",
+            mqtt_dead_letters.clone(),
+        );
+        let store_up = Gauge::default();
+        kensa.register(
+            "store_up",
+            "1 while the verdict store commits within its timeout",
+            store_up.clone(),
+        );
+        let connections_open = Family::<PortLabels, Gauge>::default();
+        kensa.register(
+            "connections_open",
+            "Connections open per port",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<PortLabels, Counter>::default();
+        kensa.register(
+            "connections_refused",
+            "Connections closed at once because the port's cap was reached",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -473,6 +512,10 @@ impl Metrics {
             process,
             stations: LabelCap::new(limits.stations),
             lines: LabelCap::new(limits.lines),
+            mqtt_dead_letters,
+            store_up,
+            connections_open,
+            connections_refused,
         }
     }
 

@@ -13,20 +13,28 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
+use crate::access::Gate;
+use crate::api::grpc_gate::GrpcGateLayer;
 use crate::api::grpc_metrics::GrpcMetricsLayer;
 use crate::api::http::router;
 use crate::api::state::AppState;
 use crate::api::{grpc_server, request_id};
 use crate::config::ServeArgs;
+use crate::edge::{EdgeArgs, PortTls};
 use crate::inspector::{Inspector, Readiness};
 use crate::metrics::Metrics;
 use crate::model::registry::ModelRepository;
 use crate::model::runtime::Runtime;
 use crate::publish::mqtt;
+use crate::store::health::{self, StoreHealth};
+use crate::store::timed::TimedStore;
 use crate::store::upkeep::{OutboxConsumer, Upkeep};
+use crate::transport::listener::{self, ListenerConfig};
 use crate::verdicts::Verdicts;
 
 /// A running server; tests start one in-process on an ephemeral port.
@@ -37,6 +45,7 @@ pub struct Server {
     pub grpc_addr: SocketAddr,
     /// Readiness, shared with the probes.
     pub readiness: Arc<Readiness>,
+    reloader: Reloader,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -45,10 +54,17 @@ impl Server {
     /// Loads ONNX Runtime, binds the HTTP and gRPC ports and starts loading models in the
     /// background.
     ///
-    /// Fails at once when the runtime library is missing or the port is taken; a model that
-    /// fails to load ends the server with that error (see [`Server::wait`]).
+    /// Fails at once when the runtime library is missing, the port is taken, the access or TLS
+    /// files are unusable, or authentication would be off on a non-loopback address; a model
+    /// that fails to load ends the server with that error (see [`Server::wait`]).
     pub async fn start(args: ServeArgs) -> anyhow::Result<Server> {
         let runtime = Runtime::init(&args.runtime_options())?;
+        match crate::transport::raise_open_file_limit() {
+            Ok((before, after)) => tracing::info!(before, after, "open-file limit raised"),
+            Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+        }
+        let gate = Arc::new(args.edge.gate(&[args.http_host, args.grpc_host])?);
+        let tls = args.edge.tls()?.map(Arc::new);
         let metrics = Arc::new(Metrics::new());
         let readiness = Arc::new(Readiness::default());
         let threads = args
@@ -57,8 +73,8 @@ impl Server {
         let shutdown = CancellationToken::new();
         let background = CancellationToken::new();
         let location = args.store.location(&args.data_dir)?;
-        let mqtt_config = args.store.mqtt()?;
-        let store = crate::store::open(&location)
+        let mqtt_config = args.store.mqtt(args.limits.max_note_chars)?;
+        let mut store = crate::store::open(&location, &args.store.open_options()?)
             .await
             .context("cannot open the verdict store")?;
         if location.is_durable() {
@@ -69,6 +85,17 @@ impl Server {
                 "no database (--store none): verdicts are kept in memory only, lost at exit"
             );
         }
+        let store_health = Arc::new(StoreHealth::new(2 * args.store.store_timeout));
+        store.verdicts = Arc::new(TimedStore::new(
+            Arc::clone(&store.verdicts),
+            args.store.store_timeout,
+            Arc::clone(&store_health),
+        ));
+        tokio::spawn(health::probe(
+            Arc::clone(&store.verdicts),
+            Arc::clone(&store_health),
+            background.clone(),
+        ));
         let mqtt_ledger = match (mqtt_config, &store.consumers) {
             (Some(config), Some(ledger)) => {
                 tracing::info!(broker = %format!("{}:{}", config.host, config.port), "publishing verdicts over MQTT");
@@ -118,36 +145,42 @@ impl Server {
             verdicts,
             metrics: Arc::clone(&metrics),
             max_body_bytes: args.limits.max_body_bytes,
+            body_timeout: args.edge.body_timeout,
+            gate: Arc::clone(&gate),
         };
+        let mut app = router(state);
+        if let Some(cors) = args.edge.cors()? {
+            app = app.layer(cors);
+        }
         let http_listener = bind(
             SocketAddr::new(args.http_host, args.http_port),
             "HTTP (--http-port / KENSA_HTTP_PORT)",
         )
         .await?;
         let http_addr = http_listener.local_addr()?;
-        tracing::info!(%http_addr, "HTTP API listening");
+        tracing::info!(%http_addr, tls = tls.is_some(), "HTTP API listening");
         let grpc_listener = bind(
             SocketAddr::new(args.grpc_host, args.grpc_port),
             "gRPC (--grpc-port / KENSA_GRPC_PORT)",
         )
         .await?;
         let grpc_addr = grpc_listener.local_addr()?;
-        tracing::info!(%grpc_addr, "gRPC API listening");
+        tracing::info!(%grpc_addr, tls = tls.is_some(), "gRPC API listening");
 
-        let grpc_layer = GrpcMetricsLayer::new(Arc::clone(&metrics));
+        let ports = Ports {
+            http: http_listener,
+            grpc: grpc_listener,
+            edge: args.edge.clone(),
+            tls: tls.clone(),
+            gate: Arc::clone(&gate),
+        };
+        let watched = Watched {
+            readiness: Arc::clone(&readiness),
+            store_health,
+            metrics: Arc::clone(&metrics),
+        };
         let load = load_models(args, runtime, Arc::clone(&readiness), metrics);
-        let task = tokio::spawn(serve(
-            Listeners {
-                http: http_listener,
-                grpc: grpc_listener,
-            },
-            router(state),
-            grpc,
-            grpc_layer,
-            load,
-            Arc::clone(&readiness),
-            shutdown.clone(),
-        ));
+        let task = tokio::spawn(serve(ports, app, grpc, load, watched, shutdown.clone()));
         let task = tokio::spawn(async move {
             let served = task.await.context("server task panicked")?;
             inspector.finish_background().await;
@@ -158,9 +191,15 @@ impl Server {
             http_addr,
             grpc_addr,
             readiness,
+            reloader: Reloader { gate, tls },
             shutdown,
             task,
         })
+    }
+
+    /// What SIGHUP does: see [`Reloader::reload`].
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Asks the server to stop: readiness goes false, no new connections are accepted, and
@@ -210,6 +249,39 @@ async fn load_models(
     Ok(())
 }
 
+/// Re-reads the client file and the TLS certificates (SIGHUP); a file that does not load
+/// leaves what was in force and logs why.
+#[derive(Clone)]
+pub struct Reloader {
+    gate: Arc<Gate>,
+    tls: Option<Arc<PortTls>>,
+}
+
+impl Reloader {
+    /// Reloads; never fails the server.
+    pub fn reload(&self) {
+        match self.gate.reload() {
+            Ok(Some(clients)) => tracing::info!(clients, "client file reloaded"),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "client file not reloaded; the previous one stays"
+                )
+            }
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(error) => tracing::error!(
+                    error = format!("{error:#}"),
+                    "TLS certificates not reloaded; the previous ones stay"
+                ),
+            }
+        }
+    }
+}
+
 /// Binds one port; `which` names the port and the flag that moves it, for the error a second
 /// kensa on the same machine gets.
 async fn bind(address: SocketAddr, which: &str) -> anyhow::Result<TcpListener> {
@@ -218,36 +290,74 @@ async fn bind(address: SocketAddr, which: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// The bound ports.
-struct Listeners {
+/// The bound ports and how they take connections.
+struct Ports {
     http: TcpListener,
     grpc: TcpListener,
+    edge: EdgeArgs,
+    tls: Option<Arc<PortTls>>,
+    gate: Arc<Gate>,
+}
+
+/// What readiness follows once the models are up.
+struct Watched {
+    readiness: Arc<Readiness>,
+    store_health: Arc<StoreHealth>,
+    metrics: Arc<Metrics>,
 }
 
 async fn serve(
-    listeners: Listeners,
+    ports: Ports,
     app: axum::Router,
     grpc: grpc_server::GrpcServices,
-    grpc_layer: GrpcMetricsLayer,
     load: impl Future<Output = anyhow::Result<()>> + Send + 'static,
-    readiness: Arc<Readiness>,
+    watched: Watched,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let stop = shutdown.clone();
-    let http = axum::serve(listeners.http, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await });
+    let Ports {
+        http,
+        grpc: grpc_listener,
+        edge,
+        tls,
+        gate,
+    } = ports;
+    let port = |port, tls: Option<&Arc<crate::transport::tls::ReloadableTls>>| ListenerConfig {
+        port,
+        max_connections: edge.max_connections,
+        handshake_timeout: edge.handshake_timeout,
+        tls: tls.cloned(),
+    };
+    let metrics = &watched.metrics;
+    let http_incoming = listener::incoming(
+        http,
+        port("http", tls.as_ref().map(|t| &t.http)),
+        Arc::clone(metrics),
+        shutdown.clone(),
+    );
+    let http =
+        crate::transport::http::serve(http_incoming, app, edge.http_limits(), shutdown.clone());
+    let grpc_incoming = listener::incoming(
+        grpc_listener,
+        port("grpc", tls.as_ref().map(|t| &t.grpc)),
+        Arc::clone(metrics),
+        shutdown.clone(),
+    );
     let stop = shutdown.clone();
     let grpc_layers = tower::ServiceBuilder::new()
         .layer(request_id::set_layer())
         .layer(TraceLayer::new_for_grpc().make_span_with(request_id::request_span))
         .layer(request_id::propagate_layer())
-        .layer(grpc_layer);
+        .layer(GrpcMetricsLayer::new(Arc::clone(metrics)))
+        .layer(GrpcGateLayer::new(gate));
     let grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(edge.http2_max_streams)
+        .http2_keepalive_interval(Some(edge.http2_keep_alive))
+        .http2_keepalive_timeout(Some(edge.http2_keep_alive))
+        .http2_max_pending_accept_reset_streams(Some(2 * edge.http2_max_streams as usize))
         .layer(grpc_layers)
         .add_routes(grpc.routes)
         .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY small unary answers wait for delayed ACKs (about 40 ms).
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            ReceiverStream::new(grpc_incoming).map(Ok::<_, std::io::Error>),
             async move { stop.cancelled().await },
         );
     let health = grpc.health;
@@ -258,15 +368,25 @@ async fn serve(
         } else if !shutdown.is_cancelled() {
             health.set_ready(true).await;
         }
-        shutdown.cancelled().await;
-        readiness.start_draining();
+        let mut store_up = watched.store_health.subscribe();
+        loop {
+            let up = *store_up.borrow_and_update();
+            watched.readiness.set_store_up(up);
+            watched.metrics.store_up.set(i64::from(up));
+            if loaded.is_ok() {
+                health.set_ready(watched.readiness.is_ready()).await;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = store_up.changed() => if changed.is_err() { shutdown.cancelled().await; break },
+            }
+        }
+        watched.readiness.start_draining();
         health.set_ready(false).await;
         tracing::info!("draining: finishing accepted requests");
         loaded
     };
-    let (http_served, grpc_served, loaded) =
-        tokio::join!(http.into_future(), grpc_server, lifecycle);
+    let (_, grpc_served, loaded) = tokio::join!(http, grpc_server, lifecycle);
     loaded?;
-    http_served.context("HTTP server failed")?;
     grpc_served.context("gRPC server failed")
 }

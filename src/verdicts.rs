@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::store::follow::{follow, wait_for};
 use crate::store::{SharedStore, StoredVerdict, VerdictQuery};
+use crate::text::check_text;
 
 /// Longest long-poll.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -49,11 +50,7 @@ impl Verdicts {
 
     /// The stored verdict of one inspection.
     pub async fn get(&self, station_id: &str, inspection_id: &str) -> Result<StoredVerdict, Error> {
-        if station_id.is_empty() || inspection_id.is_empty() {
-            return Err(Error::BadRequest(
-                "station_id and inspection_id are both required".into(),
-            ));
-        }
+        check_key(station_id, inspection_id)?;
         self.store
             .get(station_id, inspection_id)
             .await?
@@ -65,6 +62,7 @@ impl Verdicts {
 
     /// The retained image of one inspection.
     pub async fn image(&self, station_id: &str, inspection_id: &str) -> Result<Vec<u8>, Error> {
+        check_key(station_id, inspection_id)?;
         if let Some(bytes) = self.store.image(station_id, inspection_id).await? {
             return Ok(bytes);
         }
@@ -78,6 +76,7 @@ impl Verdicts {
     /// The verdicts `query` selects; when there are none yet, waits up to `wait` (at most
     /// [`MAX_WAIT`]) for the first ones, or until the server drains.
     pub async fn page(&self, query: &VerdictQuery, wait: Duration) -> Result<Page, Error> {
+        check_filters(&query.filters)?;
         let wait = wait.min(MAX_WAIT);
         let verdicts = if wait.is_zero() {
             self.store.list(query).await?
@@ -96,11 +95,13 @@ impl Verdicts {
 
     /// Every verdict `query` selects from its cursor on, then each new one as it commits.
     /// Ends after the first store error, or with [`Error::Unavailable`] when the server drains;
-    /// either way the reader resumes after the last cursor it received.
+    /// either way the reader resumes after the last cursor it received. Bad filters are refused
+    /// before the stream starts.
     pub fn follow(
         &self,
         query: VerdictQuery,
-    ) -> impl Stream<Item = Result<StoredVerdict, Error>> + Send + use<> {
+    ) -> Result<impl Stream<Item = Result<StoredVerdict, Error>> + Send + use<>, Error> {
+        check_filters(&query.filters)?;
         let shutdown = self.shutdown.clone();
         let stored = follow(self.store.clone(), query)
             .map(|item| item.map_err(Error::from))
@@ -109,6 +110,34 @@ impl Verdicts {
             Err(Error::Unavailable("the server is draining; reconnect"))
         })
         .filter(move |_| std::future::ready(shutdown.is_cancelled()));
-        stored.chain(drained)
+        Ok(stored.chain(drained))
     }
+}
+
+/// A key to look up: both parts given, no characters the store cannot hold.
+fn check_key(station_id: &str, inspection_id: &str) -> Result<(), Error> {
+    if station_id.is_empty() || inspection_id.is_empty() {
+        return Err(Error::BadRequest(
+            "station_id and inspection_id are both required".into(),
+        ));
+    }
+    check_text("station_id", station_id)?;
+    check_text("inspection_id", inspection_id)
+}
+
+/// Filters compare with stored text, so they follow the same rule as what is stored.
+fn check_filters(filters: &Filters) -> Result<(), Error> {
+    let named = [
+        ("station", &filters.station),
+        ("line", &filters.line),
+        ("lot", &filters.lot),
+        ("label", &filters.label),
+        ("model", &filters.model),
+    ];
+    for (field, value) in named {
+        if let Some(value) = value {
+            check_text(field, value)?;
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,8 @@
 //! submission leaves exactly one verdict per unit.
 
 mod common;
+mod proxy;
+mod store_support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -28,6 +30,11 @@ struct Kensa {
 
 impl Kensa {
     fn start(data: &Path) -> Kensa {
+        Kensa::start_with(data, &[])
+    }
+
+    /// Starts `kensa serve` on `data` with `extra` flags.
+    fn start_with(data: &Path, extra: &[String]) -> Kensa {
         let port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -55,6 +62,7 @@ impl Kensa {
                 "--warmup-batches=1".into(),
                 "--max-queue-delay=5ms".into(),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -250,4 +258,119 @@ async fn kill_9_loses_no_acknowledged_verdict_and_duplicates_none() {
     }
     let all = read_all(&client, &base, 0).await;
     assert_eq!(all.len(), K, "exactly one verdict per unit");
+}
+
+/// The store down for a while (PostgreSQL behind a proxy the test cuts) and `kill -9` during
+/// the outage: inspections during it get 503 and nothing is acknowledged that is not stored;
+/// after the restart every unit answered 200 is stored as answered, and retrying every unit
+/// leaves exactly one verdict each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_and_a_kill_9_during_it_lose_no_acknowledged_verdict() {
+    let fixture = store_support::postgres().await;
+    let kensa::store::StoreLocation::Postgres(url) = &fixture.location else {
+        unreachable!()
+    };
+    let target: tokio_postgres::Config = url.parse().unwrap();
+    let (tokio_postgres::config::Host::Tcp(host), Some(port)) =
+        (&target.get_hosts()[0], target.get_ports().first())
+    else {
+        panic!("KENSA_TEST_POSTGRES must be a TCP address");
+    };
+    let address = tokio::net::lookup_host((host.as_str(), *port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = proxy::Proxy::start(address).await;
+    let proxied = url.replacen(
+        &format!("{host}:{port}"),
+        &format!("127.0.0.1:{}", proxy.port),
+        1,
+    );
+    assert_ne!(&proxied, url, "the store URL names host:port");
+    let flags = [
+        format!("--store={proxied}"),
+        "--store-timeout=1s".to_string(),
+    ];
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut kensa = Kensa::start_with(data.path(), &flags);
+    kensa.ready(&client).await;
+    let base = kensa.base.clone();
+
+    let mut acknowledged = BTreeMap::new();
+    let mut answer = |i: usize, status: u16, verdict: Option<Verdict>| {
+        if let Some(verdict) = verdict {
+            acknowledged.insert(format!("unit-{i}"), verdict);
+        }
+        status
+    };
+    for i in 0..10 {
+        let response = submit(&client, &base, i).await.unwrap();
+        let status = response.status().as_u16();
+        assert_eq!(answer(i, status, response.json().await.ok()), 200);
+    }
+    let cut = proxy.cut().await;
+    let mut refused = 0;
+    for i in 10..20 {
+        let response = submit(&client, &base, i).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 503, "unit-{i} during the outage: {body}");
+        assert!(
+            ["store_unavailable", "unavailable"].contains(&body["code"].as_str().unwrap()),
+            "{body}"
+        );
+        refused += 1;
+    }
+    kensa.kill_9();
+    let _restored = cut.restore().await;
+
+    let mut kensa = Kensa::start_with(data.path(), &flags);
+    kensa.ready(&client).await;
+    let base = kensa.base.clone();
+    let stored = read_all(&client, &base, 0).await;
+    for (id, verdict) in &acknowledged {
+        let found = stored
+            .iter()
+            .find(|v| &v.verdict.inspection_id == id)
+            .unwrap_or_else(|| panic!("{id} was answered 200 but is not stored"));
+        assert_eq!(&found.verdict, verdict);
+    }
+    for i in 0..20 {
+        assert_eq!(submit(&client, &base, i).await.unwrap().status(), 200);
+    }
+    let all = read_all(&client, &base, 0).await;
+    assert_eq!(all.len(), 20, "exactly one verdict per unit");
+    eprintln!(
+        "{} acknowledged before the outage, {refused} refused with 503 during it",
+        acknowledged.len()
+    );
+}
+
+/// SIGHUP reloads and never ends the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_never_kills() {
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut kensa = Kensa::start(data.path());
+    kensa.ready(&client).await;
+    for _ in 0..3 {
+        let pid = i32::try_from(kensa.child.id()).unwrap();
+        // SAFETY: kill only sends a signal to the child this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        kensa.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended kensa"
+    );
+    let response = client
+        .get(format!("{}/readyz", kensa.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let log = std::fs::read_to_string(data.path().join("kensa.log")).unwrap();
+    assert_eq!(log.matches("SIGHUP: reloading").count(), 3, "{log}");
 }

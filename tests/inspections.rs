@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{TestServer, label_names, samples};
+use common::{TestServer, crc32, label_names, samples};
 use kensa::verdict::Verdict;
 
 /// Rust preprocessing + Rust ONNX Runtime must give what the Python pipeline gave for the same
@@ -382,19 +382,4 @@ async fn a_decompression_bomb_is_refused_fast() {
     assert!(started.elapsed() < Duration::from_secs(2));
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "image_too_large");
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

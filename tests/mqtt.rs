@@ -1,6 +1,7 @@
 //! The MQTT publisher against the real Mosquitto broker (`KENSA_TEST_MQTT`, default
 //! 127.0.0.1:1883), with the SQLite store as its outbox.
 
+mod proxy;
 mod store_support;
 
 use std::net::SocketAddr;
@@ -11,9 +12,7 @@ use kensa::metrics::Metrics;
 use kensa::publish::mqtt::{self, MqttConfig, Publisher};
 use kensa::store::StoredVerdict;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 fn broker() -> SocketAddr {
@@ -44,17 +43,19 @@ fn config(port: u16, prefix: &str) -> MqttConfig {
         client_id: format!("kensa-{}", uuid::Uuid::new_v4().simple()),
         topic_prefix: prefix.into(),
         keep_alive: Duration::from_secs(5),
+        tls: None,
+        credentials: None,
+        max_packet_bytes: mqtt::packet_limit(4096),
     }
 }
 
-/// Subscribes to everything under `prefix`; yields (topic, verdict).
-async fn subscribe(prefix: &str) -> mpsc::UnboundedReceiver<(String, StoredVerdict)> {
+/// Subscribes to everything under `prefix` but the publisher's status; yields (topic, JSON).
+async fn subscribe(prefix: &str) -> mpsc::UnboundedReceiver<(String, serde_json::Value)> {
     let address = broker();
     let id = format!("sub-{}", uuid::Uuid::new_v4().simple());
-    let (client, mut event_loop) = AsyncClient::new(
-        MqttOptions::new(id, address.ip().to_string(), address.port()),
-        64,
-    );
+    let mut options = MqttOptions::new(id, address.ip().to_string(), address.port());
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut event_loop) = AsyncClient::new(options, 64);
     client
         .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
         .await
@@ -72,8 +73,11 @@ async fn subscribe(prefix: &str) -> mpsc::UnboundedReceiver<(String, StoredVerdi
                     }
                 }
                 Event::Incoming(Packet::Publish(publish)) => {
-                    let verdict = serde_json::from_slice(&publish.payload).expect("verdict JSON");
-                    if tx.send((publish.topic, verdict)).is_err() {
+                    if publish.topic.contains("/status/") {
+                        continue;
+                    }
+                    let json = serde_json::from_slice(&publish.payload).expect("JSON payload");
+                    if tx.send((publish.topic, json)).is_err() {
                         return;
                     }
                 }
@@ -89,7 +93,7 @@ async fn subscribe(prefix: &str) -> mpsc::UnboundedReceiver<(String, StoredVerdi
 }
 
 async fn receive(
-    messages: &mut mpsc::UnboundedReceiver<(String, StoredVerdict)>,
+    messages: &mut mpsc::UnboundedReceiver<(String, serde_json::Value)>,
     count: usize,
 ) -> Vec<(String, StoredVerdict)> {
     let mut got = Vec::new();
@@ -98,9 +102,75 @@ async fn receive(
             .await
             .unwrap_or_else(|_| panic!("only {} of {count} verdicts arrived", got.len()))
             .expect("subscriber alive");
-        got.push(message);
+        let (topic, json) = message;
+        got.push((
+            topic,
+            serde_json::from_value(json).expect("a stored verdict"),
+        ));
     }
     got
+}
+
+/// A verdict whose message is over the packet limit is a dead letter: counted, announced on
+/// `<prefix>/dead-letter` in its place, and the next verdict is published. With the limit the
+/// server sizes from the request limits, a 3,000-character Japanese note is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpublishable_verdict_is_a_dead_letter_and_the_stream_moves_on() {
+    let fixture = store_support::sqlite().await;
+    let prefix = prefix();
+    let mut messages = subscribe(&prefix).await;
+    let metrics = Arc::new(Metrics::new());
+    let japanese = |id: &str| {
+        let mut record = store_support::simple("aoi-07", id);
+        record.note = "穴径".repeat(1500);
+        record
+    };
+    fixture.store.insert(japanese("too-big")).await.unwrap();
+    fixture
+        .store
+        .insert(store_support::simple("aoi-07", "after"))
+        .await
+        .unwrap();
+    let mut small = config(broker().port(), &prefix);
+    small.max_packet_bytes = 8 << 10;
+    let cancel = CancellationToken::new();
+    let client_id = small.client_id.clone();
+    let task = mqtt::spawn(publisher(&fixture, &metrics), small, cancel.clone());
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(20), messages.recv())
+                .await
+                .expect("the stream moves on")
+                .unwrap(),
+        );
+    }
+    assert_eq!(got[0].0, format!("{prefix}/dead-letter"));
+    assert_eq!(got[0].1["cursor"], 1);
+    assert_eq!(got[0].1["inspection_id"], "too-big");
+    assert!(
+        got[0].1["reason"]
+            .as_str()
+            .unwrap()
+            .contains("packet limit")
+    );
+    assert_eq!(got[1].1["cursor"], 2, "the next verdict is published");
+    assert_eq!(metrics.mqtt_dead_letters.get(), 1);
+    cancel.cancel();
+    task.await.unwrap();
+
+    // A restart with the limit sized from the request limits publishes the same note.
+    fixture.store.insert(japanese("fits")).await.unwrap();
+    let cancel = CancellationToken::new();
+    let mut sized = config(broker().port(), &prefix);
+    sized.client_id = client_id;
+    let task = mqtt::spawn(publisher(&fixture, &metrics), sized, cancel.clone());
+    let (_, fits) = receive(&mut messages, 1).await.remove(0);
+    assert_eq!(fits.verdict.inspection_id, "fits");
+    assert_eq!(fits.note.chars().count(), 3000);
+    assert_eq!(metrics.mqtt_dead_letters.get(), 1);
+    cancel.cancel();
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +220,7 @@ async fn a_broker_outage_neither_slows_writes_nor_loses_verdicts() {
     let fixture = store_support::sqlite().await;
     let prefix = prefix();
     let mut messages = subscribe(&prefix).await;
-    let proxy = Proxy::start().await;
+    let proxy = proxy::Proxy::start(broker()).await;
     let cancel = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let task = mqtt::spawn(
@@ -203,58 +273,5 @@ async fn wait_until(condition: impl Fn() -> bool) {
             "condition never held"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A TCP proxy to the broker that can be cut and restored on the same port.
-struct Proxy {
-    port: u16,
-    tasks: JoinSet<()>,
-}
-
-impl Proxy {
-    async fn start() -> Proxy {
-        Proxy::listen(TcpListener::bind("127.0.0.1:0").await.unwrap())
-    }
-
-    fn listen(listener: TcpListener) -> Proxy {
-        let port = listener.local_addr().unwrap().port();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(broker()).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Proxy { port, tasks }
-    }
-
-    /// Closes the listener and every connection through it.
-    async fn cut(mut self) -> CutProxy {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-        CutProxy { port: self.port }
-    }
-}
-
-/// A proxy while the broker is unreachable through it.
-struct CutProxy {
-    port: u16,
-}
-
-impl CutProxy {
-    async fn restore(self) -> Proxy {
-        Proxy::listen(
-            TcpListener::bind(("127.0.0.1", self.port))
-                .await
-                .expect("the proxy port is free again"),
-        )
     }
 }

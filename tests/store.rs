@@ -526,7 +526,7 @@ async fn sqlite_refuses_a_newer_schema() {
         [],
     )
     .unwrap();
-    let error = match kensa::store::open(&fixture.location).await {
+    let error = match kensa::store::open(&fixture.location, &Default::default()).await {
         Err(error) => error,
         Ok(_) => panic!("a newer schema must be refused"),
     };

@@ -4,22 +4,13 @@
 mod common;
 
 use base64::Engine as _;
-use common::{Sample, TestServer, label_names, samples};
+use common::{Sample, TestServer, label_names, length_prefixed, samples};
 use kensa::api::proto::inference as pb;
 use kensa::verdict::Verdict;
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use serde_json::{Value, json};
 
 const MODEL: &str = "kensa-demo";
-
-fn length_prefixed(elements: &[&[u8]]) -> Vec<u8> {
-    let mut raw = Vec::new();
-    for element in elements {
-        raw.extend_from_slice(&(element.len() as u32).to_le_bytes());
-        raw.extend_from_slice(element);
-    }
-    raw
-}
 
 fn split_length_prefixed(mut raw: &[u8]) -> Vec<Vec<u8>> {
     let mut elements = Vec::new();

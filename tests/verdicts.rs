@@ -31,6 +31,24 @@ async fn post(
     server.post_unit("", image, &fields).await
 }
 
+/// Submits one unit of station slow-line with `mode=async`.
+async fn submit_async(server: &TestServer, image: &[u8], id: &str) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(image.to_vec()).file_name("u.png"),
+        )
+        .text("station_id", "slow-line")
+        .text("inspection_id", id.to_string());
+    server
+        .client
+        .post(server.url("/v1/inspections?mode=async"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Asks for the heat map PNG of one inspection under station aoi-07.
 async fn heat_map(server: &TestServer, id: &str, image: &[u8]) -> reqwest::Response {
     let fields = [
@@ -122,6 +140,51 @@ async fn the_same_key_with_another_image_is_a_409() {
     assert!(message.contains("different image"), "{message}");
     let other_station = post(&server, "aoi-08", "U1", &samples[1].image, &[]).await;
     assert_eq!(other_station.status(), 200, "keys are per station");
+
+    // The note is part of the unit's record: the same image with another note is not a retry.
+    let fields = [("station_id", "aoi-07"), ("inspection_id", "U1")];
+    let other_note = server
+        .post_unit(
+            "",
+            &samples[0].image,
+            &[fields[0], fields[1], ("note", "dia 61.0um")],
+        )
+        .await;
+    assert_eq!(other_note.status(), 409);
+    let body: Value = other_note.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("different note"),
+        "{body}"
+    );
+    let retry = post(&server, "aoi-07", "U1", &samples[0].image, &[]).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["x-kensa-replayed"], "true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_async_submission_with_another_image_under_one_key_is_a_409() {
+    let server = TestServer::start(&[]).await;
+    let samples = samples();
+    let submit = |image| submit_async(&server, image, "K1");
+    assert_eq!(submit(&samples[0].image).await.status(), 202);
+    let second = submit(&samples[1].image).await;
+    assert_eq!(
+        second.status(),
+        409,
+        "running or stored, the key holds another image"
+    );
+    let again = submit(&samples[0].image).await.status();
+    assert!(
+        [200, 202].contains(&again.as_u16()),
+        "the same unit again is no conflict: {again}"
+    );
+    let (stored, _) = read(&server, "station=slow-line&wait=20s").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].image_sha256,
+        kensa::store::record::sha256_hex(&samples[0].image),
+        "the first submission's image is the one stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,22 +402,8 @@ async fn server_sent_events_stream_from_a_cursor_and_resume_by_last_event_id() {
 async fn async_submission_answers_202_and_the_verdict_lands_in_the_store() {
     let server = TestServer::start(&[]).await;
     let sample = &samples()[1];
-    let submit = || {
-        server
-            .client
-            .post(server.url("/v1/inspections?mode=async"))
-            .multipart(
-                reqwest::multipart::Form::new()
-                    .part(
-                        "image",
-                        reqwest::multipart::Part::bytes(sample.image.clone()).file_name("u.png"),
-                    )
-                    .text("station_id", "slow-line")
-                    .text("inspection_id", "A/1"),
-            )
-            .send()
-    };
-    let accepted = submit().await.unwrap();
+    let submit = || submit_async(&server, &sample.image, "A/1");
+    let accepted = submit().await;
     assert_eq!(accepted.status(), 202);
     assert_eq!(
         accepted.headers()["location"],
@@ -375,7 +424,7 @@ async fn async_submission_answers_202_and_the_verdict_lands_in_the_store() {
         .unwrap();
     assert_eq!(by_key.status(), 200);
 
-    let again = submit().await.unwrap();
+    let again = submit().await;
     assert_eq!(again.status(), 200, "a retry of a stored key");
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["status"], "stored");
@@ -446,7 +495,14 @@ async fn retention_keeps_the_newest_rows_and_the_metrics_count_them() {
         metric(&server, "kensa_store_pruned_total{kind=\"verdicts\"}").await,
         2.0
     );
-    assert!(metric(&server, "kensa_store_cursor").await >= 4.0);
+    let started = Instant::now();
+    while metric(&server, "kensa_store_cursor").await < 4.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "cursor gauge never updated"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(metric(&server, "kensa_store_write_duration_seconds_count").await >= 4.0);
 }
 
@@ -662,17 +718,22 @@ async fn mqtt_publishing_is_switched_on_by_configuration() {
         &[("line", "L3")],
     )
     .await;
-    let publish = tokio::time::timeout(Duration::from_secs(20), async {
+    let (statuses, publish) = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut statuses = Vec::new();
         loop {
             if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =
                 event_loop.poll().await.unwrap()
             {
-                return p;
+                if !p.topic.starts_with(&format!("{prefix}/status/")) {
+                    return (statuses, p);
+                }
+                statuses.push(p.payload);
             }
         }
     })
     .await
     .expect("the verdict is published");
+    assert_eq!(statuses, ["online"], "the publisher announces itself first");
     assert_eq!(publish.topic, format!("{prefix}/L3/aoi-07/verdict"));
     assert_eq!(publish.qos, rumqttc::QoS::AtLeastOnce);
     let stored: StoredVerdict = serde_json::from_slice(&publish.payload).unwrap();

@@ -14,11 +14,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::grpc_status;
 use super::proto::kensa_v1 as pb;
+use crate::access::Caller;
 use crate::batching::Priority;
 use crate::error::Error;
 use crate::inspector::{InspectionRequest, Inspector};
 use crate::metrics::Metrics;
-use crate::store::{StoredVerdict, VerdictQuery};
+use crate::store::StoredVerdict;
 use crate::verdict::Verdict;
 use crate::verdicts::{Filters, Verdicts};
 
@@ -63,9 +64,10 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
         &self,
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::Verdict>, Status> {
+        let caller = Caller::of(request.extensions());
         let inspected = self
             .inspector
-            .inspect(inspection(request.into_inner()))
+            .inspect(inspection(request.into_inner(), caller))
             .await
             .map_err(|e| grpc_status(&e))?;
         Ok(Response::new(verdict_message(
@@ -81,8 +83,10 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
         request: Request<Streaming<pb::InspectRequest>>,
     ) -> Result<Response<Self::InspectStreamStream>, Status> {
         let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
+        let caller = Caller::of(request.extensions());
         tokio::spawn(pump_inspections(
             request.into_inner(),
+            caller,
             Arc::clone(&self.inspector),
             Arc::clone(&self.metrics),
             sender,
@@ -135,12 +139,12 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
             defect_only: watch.defect_only,
             disposition,
         };
+        let stored = self
+            .verdicts
+            .follow(filters.after(after, Some(STREAM_IN_FLIGHT)))
+            .map_err(|e| grpc_status(&e))?;
         let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
-        tokio::spawn(forward_stored(
-            self.verdicts.clone(),
-            filters.after(after, Some(STREAM_IN_FLIGHT)),
-            sender,
-        ));
+        tokio::spawn(forward_stored(stored, sender));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
@@ -148,11 +152,9 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
 /// Sends stored verdicts from the watcher's cursor on, until it leaves, the store fails (the
 /// watcher resumes from its last cursor) or the server drains.
 async fn forward_stored(
-    verdicts: Verdicts,
-    query: VerdictQuery,
+    stored: impl futures::Stream<Item = Result<StoredVerdict, Error>>,
     output: mpsc::Sender<Result<pb::StoredVerdict, Status>>,
 ) {
-    let stored = verdicts.follow(query);
     tokio::pin!(stored);
     loop {
         let next = tokio::select! {
@@ -188,6 +190,7 @@ fn stored_message(stored: &StoredVerdict) -> pb::StoredVerdict {
 /// answers what it accepted, then ends the stream with `Unavailable`.
 async fn pump_inspections(
     mut input: Streaming<pb::InspectRequest>,
+    caller: Caller,
     inspector: Arc<Inspector>,
     metrics: Arc<Metrics>,
     output: mpsc::Sender<Result<pb::InspectStreamResponse, Status>>,
@@ -212,7 +215,7 @@ async fn pump_inspections(
                 return;
             }
         };
-        let mut request = inspection(message);
+        let mut request = inspection(message, caller.clone());
         let inspection_id = request
             .inspection_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
@@ -254,7 +257,7 @@ async fn pump_inspections(
 }
 
 /// The inspection a message asks for; empty strings mean "not given".
-fn inspection(message: pb::InspectRequest) -> InspectionRequest {
+fn inspection(message: pb::InspectRequest, caller: Caller) -> InspectionRequest {
     let priority = match message.priority() {
         pb::Priority::Urgent => Priority::Urgent,
         pb::Priority::Normal | pb::Priority::Unspecified => Priority::Normal,
@@ -271,6 +274,7 @@ fn inspection(message: pb::InspectRequest) -> InspectionRequest {
         priority,
         deadline: message.deadline_ms.map(Duration::from_millis),
         heatmap: message.heatmap,
+        caller,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The HTTP port: every route module assembled into one router, with request metrics on every
-//! route and the JSON error format for paths and methods no route takes.
+//! The HTTP port: every route module assembled into one router, with the access gate and
+//! request metrics on every route and the JSON error format for paths and methods no route
+//! takes.
 
 use std::time::Instant;
 
@@ -8,11 +9,12 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use tower_http::trace::TraceLayer;
 
 use super::state::AppState;
 use super::{inspections, ops, request_id, v2, verdicts};
+use crate::access::scopes;
 use crate::error::{Error, ErrorCode};
 use crate::metrics::{RequestLabels, RouteLabels};
 
@@ -25,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .merge(v2::http::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -46,6 +49,29 @@ async fn wrong_method(method: Method, uri: Uri) -> Error {
     Error::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_string(),
+    }
+}
+
+/// Lets a request through the access gate (its route's row in [`scopes::HTTP_ROUTES`], the
+/// caller's token or client certificate, the rate and in-flight limits) and hands the caller on
+/// to the handler.
+async fn guard(State(state): State<AppState>, mut request: Request<Body>, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let requirement = scopes::http(request.method().as_str(), route.as_deref());
+    let admitted = state
+        .gate
+        .admit_request(requirement, request.headers(), request.extensions());
+    match admitted {
+        Ok(admitted) => {
+            request.extensions_mut().insert(admitted.caller.clone());
+            let response = next.run(request).await;
+            drop(admitted);
+            response
+        }
+        Err(error) => error.into_response(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `POST /v1/inspections`: a multipart form or a JSON body in, a verdict (or the heat map PNG,
 //! or a 202 for `mode=async`) out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -13,7 +13,8 @@ use axum::routing::post;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::state::{AppState, read_body};
+use super::state::AppState;
+use crate::access::Caller;
 use crate::batching::Priority;
 use crate::error::Error;
 use crate::inspector::{Inspected, InspectionRequest};
@@ -75,8 +76,9 @@ async fn inspect(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let caller = Caller::of(request.extensions());
     let parse_started = Instant::now();
-    let body = read_body(request, state.max_body_bytes).await?;
+    let body = state.body(request).await?;
     let mut inspection = if content_type.starts_with("multipart/form-data") {
         from_multipart(&content_type, body).await?
     } else if content_type.starts_with("application/json") || content_type.is_empty() {
@@ -86,6 +88,7 @@ async fn inspect(
             "content type must be multipart/form-data or application/json, not {content_type:?}"
         )));
     };
+    inspection.caller = caller;
     if asynchronous {
         if as_png || query.heatmap {
             return Err(Error::BadRequest(
@@ -200,7 +203,9 @@ struct JsonInspection {
     extra: BTreeMap<String, serde_json::Value>,
 }
 
-fn from_json(body: &[u8]) -> Result<InspectionRequest, Error> {
+/// The inspection a JSON body asks for (the image as base64); public so the fuzz target reaches
+/// it without a server.
+pub fn from_json(body: &[u8]) -> Result<InspectionRequest, Error> {
     let parsed: JsonInspection = serde_json::from_slice(body)
         .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
     let image = parsed
@@ -236,6 +241,7 @@ fn from_json(body: &[u8]) -> Result<InspectionRequest, Error> {
         priority: parsed.priority,
         deadline: parsed.deadline_ms.map(Duration::from_millis),
         heatmap: false,
+        caller: Caller::nobody(),
     })
 }
 
@@ -243,19 +249,27 @@ fn from_json(body: &[u8]) -> Result<InspectionRequest, Error> {
 const PARTS: &str = "image (the file), note, station_id, inspection_id, model, model_version, \
                      deadline_ms, priority; any other text part is kept as metadata";
 
-async fn from_multipart(content_type: &str, body: Bytes) -> Result<InspectionRequest, Error> {
+/// The inspection a multipart form asks for; each part at most once. Public so the fuzz target
+/// reaches it without a server.
+pub async fn from_multipart(content_type: &str, body: Bytes) -> Result<InspectionRequest, Error> {
     let boundary = multer::parse_boundary(content_type)
         .map_err(|e| Error::BadRequest(format!("bad multipart content type: {e}")))?;
     let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut request = InspectionRequest::default();
     let mut image = None;
+    let mut seen = HashSet::new();
     while let Some(field) = multipart
         .next_field()
         .await
         .map_err(|e| Error::BadRequest(format!("malformed multipart body: {e}")))?
     {
         let name = field.name().unwrap_or_default().to_string();
+        if !name.is_empty() && !seen.insert(name.clone()) {
+            return Err(Error::BadRequest(format!(
+                "part {name:?} appears twice; send each part once"
+            )));
+        }
         let is_file = field.file_name().is_some();
         let data = field
             .bytes()

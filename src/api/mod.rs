@@ -2,9 +2,12 @@
 //! (inspections) and to [`Verdicts`](crate::verdicts::Verdicts) (stored verdicts).
 //!
 //! HTTP: [`http`] assembles [`inspections`], [`verdicts`], [`ops`] and [`v2::http`] over the
-//! shared [`state`]. gRPC: [`grpc_server`] assembles [`grpc`] and [`v2::grpc`].
+//! shared [`state`]. gRPC: [`grpc_server`] assembles [`grpc`] and [`v2::grpc`] (with
+//! [`codec`]), guarded by [`grpc_gate`].
 
+pub mod codec;
 pub mod grpc;
+pub mod grpc_gate;
 pub mod grpc_metrics;
 pub mod grpc_server;
 pub mod http;

@@ -112,7 +112,7 @@ async fn stream(
     {
         query.after = last;
     }
-    let events = state.verdicts.follow(query).map(|item| {
+    let events = state.verdicts.follow(query)?.map(|item| {
         Ok(match item {
             Ok(stored) => match Event::default()
                 .id(stored.cursor.to_string())

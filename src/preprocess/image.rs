@@ -99,6 +99,7 @@ pub fn decode(
         });
     }
     let format = accepted_format(bytes)?;
+    check_complete(format, bytes)?;
     let jpeg_header = match format {
         ImageFormat::Jpeg => Some(jpeg::read_header(bytes)?),
         _ => None,
@@ -143,6 +144,27 @@ fn accepted_format(bytes: &[u8]) -> Result<ImageFormat, Error> {
         Err(_) => Err(Error::BadImage(
             "the bytes are not a PNG, JPEG, BMP or TIFF file (unrecognised signature)".into(),
         )),
+    }
+}
+
+/// Refuses a JPEG that does not end with its end-of-image marker (trailing NUL padding
+/// allowed): JPEG decoders fill a truncated scan with grey and call it an image, which the
+/// model would then judge. (The other formats' decoders fail on truncated data themselves.)
+fn check_complete(format: ImageFormat, bytes: &[u8]) -> Result<(), Error> {
+    const END_OF_IMAGE: [u8; 2] = [0xFF, 0xD9];
+    if format != ImageFormat::Jpeg {
+        return Ok(());
+    }
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
+    if bytes[..end].ends_with(&END_OF_IMAGE) {
+        Ok(())
+    } else {
+        Err(Error::BadImage(
+            "Jpeg file is truncated (it does not end with the end-of-image marker)".into(),
+        ))
     }
 }
 

@@ -8,12 +8,23 @@
 //! cursor. A broker outage therefore never slows or fails an inspection; when the broker comes
 //! back the task resumes from its cursor and catches up, also across restarts. With several
 //! replicas on one PostgreSQL store, a lease in the store lets one replica publish at a time.
+//!
+//! A verdict that cannot be published (its JSON larger than the packet limit, which is sized
+//! from the request limits so a valid request always fits) is a dead letter: logged, counted in
+//! `kensa_mqtt_dead_letters_total`, and replaced by a small notice on `<prefix>/dead-letter`
+//! naming its cursor and key (readers fetch it from `/v1/verdicts`), so the stream moves on.
+//! `<prefix>/status/<client id>` holds `online` (retained) while the publisher is connected and
+//! `offline` after it (its last will, if the connection dies).
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -49,6 +60,24 @@ pub struct MqttConfig {
     pub topic_prefix: String,
     /// MQTT keep-alive interval.
     pub keep_alive: Duration,
+    /// TLS to the broker; the CA file inside, or the system's roots when it names none.
+    pub tls: Option<Option<PathBuf>>,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
+    /// Largest packet sent or received; a verdict whose message would be larger is a dead
+    /// letter. See [`packet_limit`].
+    pub max_packet_bytes: usize,
+}
+
+/// The packet limit that fits any verdict a valid request can produce: a fixed allowance for
+/// the record's numbers and names, plus every text field at its longest with each character
+/// escaped as JSON's worst case (`\u00XX`, 6 bytes).
+pub fn packet_limit(max_note_chars: usize) -> usize {
+    use crate::inspector::{MAX_ID_CHARS, MAX_METADATA_FIELDS, MAX_METADATA_VALUE_CHARS};
+    let text_chars = max_note_chars
+        + 2 * MAX_ID_CHARS
+        + MAX_METADATA_FIELDS * (MAX_ID_CHARS + MAX_METADATA_VALUE_CHARS);
+    (64 << 10) + 6 * text_chars
 }
 
 /// What the publisher reads and writes: the verdicts, its own cursor and lease, its metrics
@@ -130,6 +159,17 @@ async fn session(
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options.set_keep_alive(config.keep_alive);
     options.set_clean_session(true);
+    options.set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
+    let status = status_topic(config);
+    options.set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
+    if let Some((user, password)) = &config.credentials {
+        options.set_credentials(user, password);
+    }
+    if let Some(ca) = &config.tls {
+        options.set_transport(Transport::tls_with_config(tls_configuration(
+            ca.as_deref(),
+        )?));
+    }
     let (client, mut event_loop) = AsyncClient::new(options, BATCH * 2);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -143,6 +183,11 @@ async fn session(
     });
     let result = async {
         connected(&mut events).await?;
+        client
+            .publish(&status, QoS::AtLeastOnce, true, "online")
+            .await
+            .map_err(|e| e.to_string())?;
+        acknowledged(&mut events, 1).await?;
         *backoff = Duration::from_secs(1);
         publisher.metrics.mqtt_connected.set(1);
         tracing::info!(broker = %format!("{}:{}", config.host, config.port), "MQTT connected");
@@ -150,6 +195,10 @@ async fn session(
     }
     .await;
     if result.is_ok() {
+        let _ = client
+            .publish(&status, QoS::AtLeastOnce, true, "offline")
+            .await;
+        let _ = acknowledged(&mut events, 1).await;
         let _ = client.disconnect().await;
     }
     driver.abort();
@@ -216,14 +265,9 @@ async fn publish_loop(
             continue;
         }
         for stored in &batch {
-            let payload = serde_json::to_vec(stored).map_err(|e| e.to_string())?;
+            let (topic, payload) = message(config, stored, metrics);
             client
-                .publish(
-                    topic(&config.topic_prefix, stored),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
+                .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -235,6 +279,58 @@ async fn publish_loop(
             .map_err(|e| e.to_string())?;
         metrics.mqtt_published.inc_by(batch.len() as u64);
     }
+}
+
+/// The topic and payload of one stored verdict, or of its dead-letter notice when the verdict
+/// cannot be published.
+fn message(config: &MqttConfig, stored: &StoredVerdict, metrics: &Metrics) -> (String, Vec<u8>) {
+    let topic = topic(&config.topic_prefix, stored);
+    let reason = match serde_json::to_vec(stored) {
+        // Fixed header, topic length and packet id around the topic and payload.
+        Ok(payload) if payload.len() + topic.len() + 16 <= config.max_packet_bytes => {
+            return (topic, payload);
+        }
+        Ok(payload) => format!(
+            "its message is {} bytes, over the packet limit of {}",
+            payload.len() + topic.len(),
+            config.max_packet_bytes
+        ),
+        Err(error) => format!("it does not serialize: {error}"),
+    };
+    let verdict = &stored.verdict;
+    metrics.mqtt_dead_letters.inc();
+    tracing::error!(
+        cursor = stored.cursor,
+        station_id = %verdict.station_id,
+        inspection_id = %verdict.inspection_id,
+        %reason,
+        "verdict not published over MQTT (dead letter); read it from /v1/verdicts"
+    );
+    let notice = serde_json::json!({
+        "cursor": stored.cursor,
+        "station_id": verdict.station_id,
+        "inspection_id": verdict.inspection_id,
+        "reason": reason,
+    });
+    (
+        format!("{}/dead-letter", config.topic_prefix),
+        notice.to_string().into_bytes(),
+    )
+}
+
+/// `<prefix>/status/<client id>`: `online` while connected, `offline` after.
+fn status_topic(config: &MqttConfig) -> String {
+    format!(
+        "{}/status/{}",
+        config.topic_prefix,
+        topic_level(&config.client_id)
+    )
+}
+
+/// rustls for the broker connection, verifying it against `ca` or the system's roots.
+fn tls_configuration(ca: Option<&std::path::Path>) -> Result<TlsConfiguration, String> {
+    let config = crate::transport::tls::client_config(ca).map_err(|e| format!("{e:#}"))?;
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
 /// Waits until `count` publishes went out and the broker acknowledged each.

@@ -13,6 +13,7 @@
 //! cursor and lease).
 
 pub mod follow;
+pub mod health;
 pub mod memory;
 pub mod migrations;
 pub mod postgres;
@@ -21,6 +22,7 @@ pub mod record;
 pub mod retention;
 mod sql;
 pub mod sqlite;
+pub mod timed;
 pub mod upkeep;
 
 use std::path::Path;
@@ -100,6 +102,17 @@ pub trait VerdictStore: Send + Sync {
     /// The highest cursor known to be committed, updated on every write this process makes
     /// (and, for PostgreSQL, on other replicas' writes); a wake-up for waiting readers.
     fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Checks that the store answers; backends whose commits can stall while reads still
+    /// answer (PostgreSQL's cursor lock) check the commit path instead of a read.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let query = VerdictQuery {
+            after: *self.subscribe().borrow(),
+            limit: 1,
+            ..VerdictQuery::default()
+        };
+        self.list(&query).await.map(drop)
+    }
 }
 
 /// The store's housekeeping: what it holds, and deleting what retention no longer keeps.
@@ -196,7 +209,8 @@ impl StoreLocation {
             return Ok(StoreLocation::Sqlite(path.into()));
         }
         if value.starts_with("postgres://") || value.starts_with("postgresql://") {
-            value
+            postgres::tls_settings(value)
+                .0
                 .parse::<tokio_postgres::Config>()
                 .map_err(|e| format!("--store: bad PostgreSQL URL: {e}"))?;
             return Ok(StoreLocation::Postgres(value.to_string()));
@@ -221,7 +235,10 @@ impl std::fmt::Display for StoreLocation {
             StoreLocation::Memory { rows, .. } => {
                 write!(f, "memory (the newest {rows} verdicts, not durable)")
             }
-            StoreLocation::Postgres(url) => match url.parse::<tokio_postgres::Config>() {
+            StoreLocation::Postgres(url) => match postgres::tls_settings(url)
+                .0
+                .parse::<tokio_postgres::Config>()
+            {
                 Ok(config) => f.write_str(&postgres_display(&config)),
                 Err(_) => f.write_str("postgres://(unparsable URL)"),
             },
@@ -255,13 +272,20 @@ fn postgres_display(config: &tokio_postgres::Config) -> String {
     format!("postgres://{user}{}/{database}", hosts.join(","))
 }
 
+/// How a store is opened beyond its location.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The PostgreSQL password, kept out of the URL (from a file or the environment).
+    pub password: Option<String>,
+}
+
 /// Opens the store and runs its pending migrations.
-pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+pub async fn open(location: &StoreLocation, options: &OpenOptions) -> Result<Store, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Store::durable(sqlite::SqliteStore::open(path).await?),
-        StoreLocation::Postgres(url) => {
-            Store::durable(postgres::PostgresStore::connect(url).await?)
-        }
+        StoreLocation::Postgres(url) => Store::durable(
+            postgres::PostgresStore::connect(url, options.password.as_deref()).await?,
+        ),
         StoreLocation::Memory { rows, image_bytes } => {
             let memory = Arc::new(memory::MemoryStore::new(*rows, *image_bytes));
             Store {

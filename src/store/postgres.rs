@@ -16,6 +16,11 @@
 //!
 //! Wake-ups across replicas: every insert sends `pg_notify` (delivered at commit); each
 //! replica listens on one connection and updates [`VerdictStore::subscribe`].
+//!
+//! TLS: `sslmode=require`, `verify-ca` and `verify-full` in the URL all connect with TLS and
+//! verify the server's certificate and host name (against `sslrootcert=FILE`, or the system's
+//! roots); kensa has no unverified TLS mode. Without one of them (or with `prefer`, the
+//! default) it connects without TLS.
 
 use std::time::Duration;
 
@@ -23,8 +28,11 @@ use bytes::BytesMut;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::migrations::{self, CREATE_TABLE};
@@ -65,24 +73,33 @@ struct InsertJob {
 
 impl PostgresStore {
     /// Connects, migrates (one replica at a time) and starts listening for other replicas'
-    /// writes. The URL's `options=-csearch_path%3D<schema>` picks the schema.
-    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+    /// writes. The URL's `options=-csearch_path%3D<schema>` picks the schema; `password`, when
+    /// given, is used instead of one in the URL.
+    pub async fn connect(url: &str, password: Option<&str>) -> Result<PostgresStore, StoreError> {
+        let (url, root_cert) = tls_settings(url);
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        if let Some(password) = password {
+            config.password(password);
+        }
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(tls_connector(root_cert.as_deref())?),
+            _ => None,
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
             config.application_name("kensa");
         }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -97,6 +114,7 @@ impl PostgresStore {
         let cancel = CancellationToken::new();
         tokio::spawn(listen(
             config,
+            tls,
             pool.clone(),
             channel.clone(),
             cursor_tx.clone(),
@@ -167,6 +185,17 @@ impl VerdictStore for PostgresStore {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.cursor.clone()
+    }
+
+    /// Takes the cursor lock every insert needs, then lets it go: a database whose commits are
+    /// stuck (a lock held, a stalled server) does not answer.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.query_one("SELECT last FROM verdict_cursor FOR UPDATE", &[])
+            .await
+            .map_err(unavailable)?;
+        tx.rollback().await.map_err(unavailable)
     }
 }
 
@@ -428,13 +457,18 @@ async fn last_cursor(pool: &Pool) -> Result<u64, StoreError> {
 /// each (re)connect it reads the cursor, so nothing missed while disconnected stays unseen.
 async fn listen(
     config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
     pool: Pool,
     channel: String,
     cursor: watch::Sender<u64>,
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
-        if let Err(error) = listen_once(&config, &pool, &channel, &cursor, &cancel).await {
+        let listened = match &tls {
+            Some(tls) => listen_once(&config, tls.clone(), &pool, &channel, &cursor, &cancel).await,
+            None => listen_once(&config, NoTls, &pool, &channel, &cursor, &cancel).await,
+        };
+        if let Err(error) = listened {
             tracing::warn!(%error, "PostgreSQL listener lost; reconnecting");
         }
         tokio::select! {
@@ -444,14 +478,21 @@ async fn listen(
     }
 }
 
-async fn listen_once(
+async fn listen_once<T>(
     config: &tokio_postgres::Config,
+    tls: T,
     pool: &Pool,
     channel: &str,
     cursor: &watch::Sender<u64>,
     cancel: &CancellationToken,
-) -> Result<(), StoreError> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(unavailable)?;
+) -> Result<(), StoreError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = config.connect(tls).await.map_err(unavailable)?;
     let (messages_tx, mut messages) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -486,6 +527,35 @@ async fn listen_once(
     .await;
     driver.abort();
     result
+}
+
+/// The URL as tokio-postgres reads it, and the `sslrootcert` file: libpq's `verify-ca` and
+/// `verify-full` become `require` (which kensa always verifies), and `sslrootcert`, which
+/// tokio-postgres does not know, is taken out.
+pub(crate) fn tls_settings(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut root_cert = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslrootcert", path)) => root_cert = Some(path.to_string()),
+            Some(("sslmode", "verify-ca" | "verify-full")) => kept.push("sslmode=require".into()),
+            _ => kept.push(pair.to_string()),
+        }
+    }
+    if kept.is_empty() {
+        return (base.to_string(), root_cert);
+    }
+    (format!("{base}?{}", kept.join("&")), root_cert)
+}
+
+/// A TLS connector that verifies the server against `root_cert` or the system's roots.
+fn tls_connector(root_cert: Option<&str>) -> Result<MakeRustlsConnect, StoreError> {
+    crate::transport::tls::client_config(root_cert.map(std::path::Path::new))
+        .map(MakeRustlsConnect::new)
+        .map_err(|e| StoreError::Unavailable(format!("PostgreSQL TLS: {e:#}")))
 }
 
 /// The notification channel of one schema (channel names are at most 63 bytes).
@@ -553,7 +623,19 @@ impl ToSql for Param<'_> {
 }
 
 fn unavailable(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(format!("PostgreSQL: {error}"))
+    StoreError::Unavailable(format!("PostgreSQL: {}", with_sources(&error)))
+}
+
+/// An error and its causes ("db error" alone does not say that pg_hba.conf refused us).
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn corrupt(error: tokio_postgres::Error) -> StoreError {
@@ -565,12 +647,24 @@ fn writer_gone() -> StoreError {
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("PostgreSQL connection: {error}"))
+    StoreError::Unavailable(format!("PostgreSQL connection: {}", with_sources(&error)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libpq_tls_settings_become_tokio_postgres_ones() {
+        assert_eq!(
+            tls_settings("postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&options=x"),
+            (
+                "postgres://u@h/db?sslmode=require&options=x".to_string(),
+                Some("/ca.pem".to_string())
+            )
+        );
+        assert_eq!(tls_settings("postgres://u@h/db").0, "postgres://u@h/db");
+    }
 
     #[test]
     fn channel_names_fit_postgres() {

@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::{Buf as _, BufMut as _};
 use kensa::config::{Command, ServeArgs};
 use kensa::server::Server;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// The shipped demo model repository.
 pub fn demo_dir() -> PathBuf {
@@ -226,6 +228,120 @@ pub fn calibrate(plain: &[f32], temperature: f32) -> Vec<f32> {
 pub fn demo_temperature() -> f32 {
     let manifest = kensa::model::manifest::Manifest::load(&demo_dir()).expect("demo manifest");
     manifest.decision.map_or(1.0, |d| d.temperature)
+}
+
+/// BYTES elements in the Open Inference Protocol's raw form: each prefixed by its length as a
+/// 4-byte little-endian integer.
+pub fn length_prefixed(elements: &[&[u8]]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for element in elements {
+        raw.extend_from_slice(&(element.len() as u32).to_le_bytes());
+        raw.extend_from_slice(element);
+    }
+    raw
+}
+
+/// gRPC message bytes as they are, so tests can send what no generated client would.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let length = buf.remaining();
+        Ok(Some(buf.copy_to_bytes(length).to_vec()))
+    }
+}
+
+/// One unary gRPC call to `path` with `message` as its raw bytes, with a bearer `token`.
+pub async fn raw_grpc(
+    server: &TestServer,
+    path: &'static str,
+    message: Vec<u8>,
+    token: Option<&str>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())
+        .expect("gRPC address")
+        .connect()
+        .await
+        .expect("gRPC connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("gRPC ready");
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ASCII token"),
+        );
+    }
+    let uri = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(request, uri, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// One client of a client file: name, token, scopes, and the stations it may submit for.
+pub type Client<'a> = (&'a str, &'a str, &'a [&'a str], Option<&'a [&'a str]>);
+
+/// Writes a client file into `dir`; returns its path.
+pub fn write_clients(dir: &Path, clients: &[Client<'_>]) -> PathBuf {
+    let mut text = String::new();
+    for (name, token, scopes, stations) in clients {
+        text.push_str(&format!(
+            "[[client]]\nname = {name:?}\ntoken_sha256 = {:?}\nscopes = {scopes:?}\n",
+            kensa::access::tokens::token_sha256(token)
+        ));
+        if let Some(stations) = stations {
+            text.push_str(&format!("stations = {stations:?}\n"));
+        }
+        text.push('\n');
+    }
+    let path = dir.join("clients.toml");
+    std::fs::write(&path, text).expect("client file written");
+    path
+}
+
+/// CRC-32 of a PNG chunk's type and data, for tests that rewrite a PNG header.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 /// Label names in logits order, from the demo manifest.

@@ -101,7 +101,7 @@ impl Fixture {
 
     /// Opens another handle on the same database (a restart, or a second replica).
     pub async fn reopen(&self) -> SharedStore {
-        store::open(&self.location)
+        store::open(&self.location, &Default::default())
             .await
             .expect("store reopens")
             .verdicts
@@ -119,7 +119,9 @@ impl Fixture {
 pub async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let location = StoreLocation::Sqlite(dir.path().join("verdicts.sqlite"));
-    let opened = store::open(&location).await.expect("SQLite store opens");
+    let opened = store::open(&location, &Default::default())
+        .await
+        .expect("SQLite store opens");
     Fixture::new(opened, location, Some(dir), None)
 }
 
@@ -129,7 +131,9 @@ pub async fn memory() -> Fixture {
         rows: 10_000,
         image_bytes: 1 << 30,
     };
-    let opened = store::open(&location).await.expect("memory store opens");
+    let opened = store::open(&location, &Default::default())
+        .await
+        .expect("memory store opens");
     Fixture::new(opened, location, None, None)
 }
 
@@ -141,7 +145,7 @@ pub async fn postgres() -> Fixture {
     let separator = if base.contains('?') { '&' } else { '?' };
     let location =
         StoreLocation::Postgres(format!("{base}{separator}options=-csearch_path%3D{schema}"));
-    let opened = store::open(&location)
+    let opened = store::open(&location, &Default::default())
         .await
         .expect("PostgreSQL store opens");
     Fixture::new(opened, location, None, Some(schema))

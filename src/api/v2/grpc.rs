@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::model::{self, EXTENSIONS, InferCall, SERVER_NAME};
 use super::tensors::{InputTensor, TensorData};
+use crate::access::Caller;
 use crate::api::grpc_status;
 use crate::api::proto::inference as pb;
 use crate::error::Error;
@@ -96,7 +97,8 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceApi {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let call = infer_call(request.into_inner()).map_err(|e| grpc_status(&e))?;
+        let caller = Caller::of(request.extensions());
+        let call = infer_call(request.into_inner(), caller).map_err(|e| grpc_status(&e))?;
         let outcome = model::infer(&self.inspector, call)
             .await
             .map_err(|e| grpc_status(&e))?;
@@ -123,7 +125,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceApi {
 }
 
 /// The protocol-level request: raw contents pair with inputs by position.
-fn infer_call(request: pb::ModelInferRequest) -> Result<InferCall, Error> {
+fn infer_call(request: pb::ModelInferRequest, caller: Caller) -> Result<InferCall, Error> {
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(Error::BadRequest(format!(
@@ -156,5 +158,6 @@ fn infer_call(request: pb::ModelInferRequest) -> Result<InferCall, Error> {
         id: request.id,
         inputs,
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+        caller,
     })
 }

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::model::{self, EXTENSIONS, InferCall, InferOutcome, SERVER_NAME};
 use super::tensors::{InputTensor, TensorData};
-use crate::api::state::{AppState, read_body};
+use crate::access::Caller;
+use crate::api::state::AppState;
 use crate::error::Error;
 
 /// Length of the JSON part of a request or response body that carries binary tensors.
@@ -138,7 +139,44 @@ async fn infer(
                 .ok_or_else(|| Error::BadRequest(format!("{HEADER_LENGTH} must be a byte count")))
         })
         .transpose()?;
-    let body = read_body(request, state.max_body_bytes).await?;
+    let caller = Caller::of(request.extensions());
+    let body = state.body(request).await?;
+    let decoded = decode_infer(header_length, body)?;
+    let outcome = model::infer(
+        &state.inspector,
+        InferCall {
+            model_name: path.name,
+            model_version: path.version,
+            id: decoded.id.clone(),
+            inputs: decoded.inputs,
+            outputs: decoded.outputs.clone(),
+            caller,
+        },
+    )
+    .await?;
+    Ok(respond(outcome, |name| {
+        decoded.all_binary || decoded.binary_outputs.iter().any(|b| b == name)
+    }))
+}
+
+/// An inference request body, decoded: what the protocol layer needs, and which outputs go
+/// back raw.
+#[derive(Debug)]
+pub struct DecodedInfer {
+    /// The client's request id.
+    pub id: String,
+    /// The input tensors, their data still encoded.
+    pub inputs: Vec<InputTensor>,
+    /// The outputs asked for, in order.
+    pub outputs: Vec<String>,
+    binary_outputs: Vec<String>,
+    all_binary: bool,
+}
+
+/// Splits a body into its JSON header (`header_length` bytes, or all of it) and the binary
+/// inputs after it, each claimed by an input's `binary_data_size`; refuses lengths that run past
+/// the body and bytes no input claims. Public so the fuzz target reaches it without a server.
+pub fn decode_infer(header_length: Option<usize>, body: Bytes) -> Result<DecodedInfer, Error> {
     let (json, mut binary) = match header_length {
         Some(length) if length > body.len() => {
             return Err(Error::BadRequest(format!(
@@ -186,20 +224,13 @@ async fn infer(
         }
     }
     let all_binary = parsed.outputs.is_empty() && binary_by_default.unwrap_or(false);
-    let outcome = model::infer(
-        &state.inspector,
-        InferCall {
-            model_name: path.name,
-            model_version: path.version,
-            id: parsed.id,
-            inputs,
-            outputs: parsed.outputs.into_iter().map(|o| o.name).collect(),
-        },
-    )
-    .await?;
-    Ok(respond(outcome, |name| {
-        all_binary || binary_outputs.iter().any(|b| b == name)
-    }))
+    Ok(DecodedInfer {
+        id: parsed.id,
+        inputs,
+        outputs: parsed.outputs.into_iter().map(|o| o.name).collect(),
+        binary_outputs,
+        all_binary,
+    })
 }
 
 /// An input's `binary_data_size` parameter.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::tensors::{BYTES, FP32, InputTensor, OutputData, OutputTensor};
+use crate::access::Caller;
 use crate::error::Error;
 use crate::inspector::{InspectionRequest, Inspector};
 use crate::model::registry::LoadedModel;
@@ -151,6 +152,8 @@ pub struct InferCall {
     pub inputs: Vec<InputTensor>,
     /// The outputs wanted, in order; every output when empty.
     pub outputs: Vec<String>,
+    /// Who asks, as the access gate found.
+    pub caller: Caller,
 }
 
 /// An inference response in protocol terms.
@@ -233,8 +236,9 @@ pub fn model_metadata(
 }
 
 /// Runs every image of the batch through the inspector concurrently (so the batcher batches
-/// them) and stacks the verdicts into output tensors. The first failing element fails the
-/// request: the protocol has no per-element errors.
+/// them) and stacks the verdicts into output tensors. The batch is all or nothing: the first
+/// failing element fails the request (the protocol has no per-element errors) and then no
+/// element is stored.
 pub async fn infer(inspector: &Inspector, call: InferCall) -> Result<InferOutcome, Error> {
     let model = resolve(inspector, &call.model_name, &call.model_version)?;
     let wanted: Vec<Output> = if call.outputs.is_empty() {
@@ -245,15 +249,13 @@ pub async fn infer(inspector: &Inspector, call: InferCall) -> Result<InferOutcom
             .map(|name| Output::named(name))
             .collect::<Result<_, _>>()?
     };
-    let requests = inspections(&model, call.inputs)?;
-    let verdicts: Vec<Verdict> = futures::future::join_all(
-        requests
-            .into_iter()
-            .map(|r| async { inspector.inspect(r).await.map(|i| i.verdict) }),
-    )
-    .await
-    .into_iter()
-    .collect::<Result<_, _>>()?;
+    let requests = inspections(&model, call.inputs, &call.caller)?;
+    let verdicts: Vec<Verdict> = inspector
+        .inspect_all(requests)
+        .await?
+        .into_iter()
+        .map(|inspected| inspected.verdict)
+        .collect();
     Ok(InferOutcome {
         model_name: model.name.clone(),
         model_version: model.version.to_string(),
@@ -269,6 +271,7 @@ pub async fn infer(inspector: &Inspector, call: InferCall) -> Result<InferOutcom
 fn inspections(
     model: &LoadedModel,
     inputs: Vec<InputTensor>,
+    caller: &Caller,
 ) -> Result<Vec<InspectionRequest>, Error> {
     let mut images = None;
     let mut notes = None;
@@ -359,6 +362,7 @@ fn inspections(
                     .map(|notes| text(NOTE, i, &notes[i]))
                     .transpose()?
                     .unwrap_or_default(),
+                caller: caller.clone(),
                 ..InspectionRequest::default()
             })
         })
