@@ -10,6 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A one-shot run (CI, a fresh clone) gains nothing from incremental caches but their disk.
+if [[ -n "${CI:-}" ]]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 echo "== setup"
 scripts/setup-system.sh
 scripts/setup-ort.sh
@@ -136,3 +141,23 @@ echo "== Python tests"
 $py -m pytest models/pipeline/tests
 # Real Triton clients against the target/debug/kensa that cargo test built.
 $py -m pytest -q tests/python
+
+# The operator page in a real browser (Debian's Chromium, driven by playwright-core from the
+# committed tests/browser/package-lock.json) against the target/debug/kensa that cargo test
+# built. Skipped, loudly, only when Chromium cannot be installed here.
+echo "== Browser tests (the operator page in Chromium)"
+chromium_bin=$(command -v chromium || true)
+if [[ -z "$chromium_bin" && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing chromium (Debian package) for the browser tests"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || true
+  chromium_bin=$(command -v chromium || true)
+fi
+if [[ -z "$chromium_bin" ]]; then
+  echo "!!!!!!!! BROWSER TESTS SKIPPED: Chromium is not installed and could not be installed" >&2
+  echo "!!!!!!!! (Debian/Ubuntu: sudo apt-get install chromium); the operator page is UNTESTED" >&2
+  exit_code=3
+else
+  (cd tests/browser && npm ci --no-audit --no-fund --silent && CHROMIUM="$chromium_bin" npm test --silent)
+  echo "browser screenshots: tests/browser/screenshots/"
+fi
+exit "${exit_code:-0}"

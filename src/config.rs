@@ -246,7 +246,8 @@ pub struct StoreArgs {
     /// How often retention runs (also at start).
     #[arg(long, env = "KENSA_RETENTION_INTERVAL", default_value = "10min", value_parser = humantime::parse_duration)]
     pub retention_interval: Duration,
-    /// Keep the images of defects and unsure verdicts in the store, for review and retraining.
+    /// Keep the images of defects, unsure verdicts and units sent to review in the store, for
+    /// review and retraining.
     #[arg(long, env = "KENSA_RETAIN_IMAGES")]
     pub retain_images: bool,
     /// With --retain-images, also keep images of normal verdicts below this confidence.

@@ -261,12 +261,19 @@ fn draw_caption(canvas: &mut RgbImage, band: u32, scale: u32, caption: &Caption)
         caption.label,
         caption.confidence * 100.0
     ));
-    // Smaller letters rather than a cut-off confidence when the line is long.
-    let chars = text.chars().count().max(1) as u32;
-    let fits = canvas.width().saturating_sub(8 * scale) / (8 * chars);
-    let letters = scale.min(fits).max(1);
-    let top = (band.saturating_sub(8 * letters)) / 2;
-    draw_text(canvas, 4 * scale, top, letters, &text, [255, 255, 255]);
+    let fitted = fitting_scale(canvas.width(), scale, &text);
+    let top = band.saturating_sub(8 * fitted) / 2;
+    draw_text(canvas, 4 * scale, top, fitted, &text, [255, 255, 255]);
+}
+
+/// The text scale at which `text` fits across `width` between margins of `4 * scale`: a long
+/// label on a narrow image is drawn smaller rather than cut off (at least scale 1).
+fn fitting_scale(width: u32, scale: u32, text: &str) -> u32 {
+    let room = width.saturating_sub(8 * scale);
+    let chars = u32::try_from(text.chars().count())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    scale.min(room / (8 * chars)).max(1)
 }
 
 /// The colour bar with its ticks (1x 2x 4x 8x+) and what they measure.
@@ -472,6 +479,19 @@ mod tests {
                 "the caption's words are drawn ({lit} white pixels)"
             );
         }
+    }
+
+    #[test]
+    fn a_caption_wider_than_the_image_is_drawn_smaller_not_cut() {
+        let caption = "REVIEW  Void in via  94.3%";
+        assert_eq!(text_scale(384), 2);
+        assert_eq!(
+            fitting_scale(384, 2, caption),
+            1,
+            "26 glyphs of 16 px would not fit"
+        );
+        assert_eq!(fitting_scale(1600, 4, caption), 4);
+        assert_eq!(fitting_scale(64, 1, caption), 1, "never below scale 1");
     }
 
     #[test]

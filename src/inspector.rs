@@ -738,8 +738,9 @@ impl Inspector {
         .map_err(|e| Error::Internal(format!("preprocessing panicked: {e}")))?
     }
 
-    /// Draws the verdict's attention over the image the station sent, on a blocking thread.
-    async fn render_heatmap(&self, image: &Bytes, verdict: &Verdict) -> Result<Vec<u8>, Error> {
+    /// Draws the verdict's attention over the image the station sent, on a blocking thread
+    /// (also for a stored verdict over its retained image, for the operator page).
+    pub async fn render_heatmap(&self, image: &Bytes, verdict: &Verdict) -> Result<Vec<u8>, Error> {
         let image = image.clone();
         let limits = self.limits.image;
         let attention = verdict.attention.clone();

@@ -135,6 +135,15 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+/// Labels of the review counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// The station of the unit reviewed.
+    pub station: String,
+    /// `confirmed` or `overridden`.
+    pub outcome: String,
+}
+
 type ModelSeconds = Family<ModelLabels, Histogram>;
 
 /// The metrics registry and handles to each metric.
@@ -200,6 +209,10 @@ pub struct Metrics {
     pub connections_open: Family<PortLabels, Gauge>,
     /// Connections closed at once because the port's connection cap was reached.
     pub connections_refused: Family<PortLabels, Counter>,
+    /// Reviews given on this replica, by station and outcome.
+    pub reviews: Family<ReviewLabels, Counter>,
+    /// Share of all stored reviews that confirmed the model, per model version.
+    pub review_agreement: Family<ModelLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// Labels of the connection metrics.
@@ -483,6 +496,18 @@ impl Metrics {
             "Connections closed at once because the port's cap was reached",
             connections_refused.clone(),
         );
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        kensa.register(
+            "reviews",
+            "Reviews of verdicts by station and outcome (confirmed or overridden)",
+            reviews.clone(),
+        );
+        let review_agreement = Family::<ModelLabels, Gauge<f64, AtomicU64>>::default();
+        kensa.register(
+            "review_agreement_ratio",
+            "Share of stored reviews that confirmed the model's label, per model version",
+            review_agreement.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -516,6 +541,8 @@ impl Metrics {
             store_up,
             connections_open,
             connections_refused,
+            reviews,
+            review_agreement,
         }
     }
 

@@ -31,6 +31,8 @@ use crate::metrics::Metrics;
 use crate::model::registry::ModelRepository;
 use crate::model::runtime::Runtime;
 use crate::publish::mqtt;
+use crate::reviews::Reviews;
+use crate::stations::Stations;
 use crate::store::health::{self, StoreHealth};
 use crate::store::timed::TimedStore;
 use crate::store::upkeep::{OutboxConsumer, Upkeep};
@@ -101,6 +103,7 @@ impl Server {
                 tracing::info!(broker = %format!("{}:{}", config.host, config.port), "publishing verdicts over MQTT");
                 let publisher = mqtt::Publisher {
                     store: Arc::clone(&store.verdicts),
+                    reviews: Arc::clone(&store.reviews),
                     ledger: Arc::clone(ledger),
                     metrics: Arc::clone(&metrics),
                 };
@@ -132,10 +135,16 @@ impl Server {
             args.store.image_retention(args.limits.max_image_bytes),
         ));
         let verdicts = Verdicts::new(Arc::clone(&store.verdicts), shutdown.clone());
+        let reviews = Reviews::new(
+            Arc::clone(&store.verdicts),
+            Arc::clone(&store.reviews),
+            Arc::clone(&metrics),
+        );
         let grpc = grpc_server::services(
             Arc::clone(&inspector),
             verdicts.clone(),
             Arc::clone(&metrics),
+            reviews.clone(),
             args.limits.max_body_bytes,
             shutdown.clone(),
         )
@@ -143,6 +152,8 @@ impl Server {
         let state = AppState {
             inspector: Arc::clone(&inspector),
             verdicts,
+            reviews,
+            stations: Stations::new(Arc::clone(&store.verdicts), Arc::clone(&store.activity)),
             metrics: Arc::clone(&metrics),
             max_body_bytes: args.limits.max_body_bytes,
             body_timeout: args.edge.body_timeout,

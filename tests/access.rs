@@ -16,9 +16,11 @@ const STATION: &str = "station-token-0123456789abcdef";
 const OTHER_STATION: &str = "station-token-fedcba9876543210";
 const MES: &str = "mes-token-0123456789abcdefghij";
 const SCRAPER: &str = "metrics-token-0123456789abcdefgh";
+const LINE_LEAD: &str = "operator-token-0123456789abcdefg";
 
 /// A server with a client file: aoi-07 (station, bound to aoi-07), aoi-08 (station, any
-/// station), mes, prometheus (metrics); `/metrics` behind its scope.
+/// station), mes, prometheus (metrics), line-lead (operator and mes); `/metrics` behind its
+/// scope.
 async fn guarded(extra: &[&str]) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let clients = write_clients(
@@ -28,6 +30,7 @@ async fn guarded(extra: &[&str]) -> (TestServer, tempfile::TempDir) {
             ("aoi-08", OTHER_STATION, &["station"], None),
             ("mes", MES, &["mes"], None),
             ("prometheus", SCRAPER, &["metrics"], None),
+            ("line-lead", LINE_LEAD, &["operator", "mes"], None),
         ],
     );
     let mut args = vec![
@@ -195,6 +198,40 @@ async fn http_routes_ask_for_their_scope_and_stations_only_submit_for_themselves
         let open = *requirement == Requirement::Open;
         assert_eq!(response.status() != 401, open, "{method} {route}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_need_the_operator_scope_and_carry_the_token_holders_name() {
+    let (server, _dir) = guarded(&[]).await;
+    let verdict: Value = submit(&server, Some(STATION), "aoi-07", "u1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let label = verdict["label"].as_str().unwrap().to_string();
+    let review = |token: &'static str| {
+        server
+            .client
+            .post(server.url("/v1/verdicts/aoi-07/u1/review"))
+            .bearer_auth(token)
+            .json(&json!({"label": label, "reviewer": "someone else", "comment": "checked"}))
+            .send()
+    };
+    assert_eq!(
+        code(review(MES).await.unwrap()).await,
+        (403, "forbidden".into())
+    );
+    let response = review(LINE_LEAD).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["reviewer"], "line-lead", "{stored}");
+    // The page's shell is open; what it reads is not.
+    assert_eq!(get(&server, "/", None).await.status(), 200);
+    assert_eq!(code(get(&server, "/v1/stations", None).await).await.0, 401);
+    assert_eq!(
+        get(&server, "/v1/stations", Some(LINE_LEAD)).await.status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

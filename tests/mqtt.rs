@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kensa::metrics::Metrics;
 use kensa::publish::mqtt::{self, MqttConfig, Publisher};
-use kensa::store::StoredVerdict;
+use kensa::store::{Inserted, Outcome, Review, StoredVerdict};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,7 @@ fn prefix() -> String {
 fn publisher(fixture: &store_support::Fixture, metrics: &Arc<Metrics>) -> Publisher {
     Publisher {
         store: fixture.store.clone(),
+        reviews: fixture.reviews.clone(),
         ledger: fixture.ledger().clone(),
         metrics: Arc::clone(metrics),
     }
@@ -51,15 +52,17 @@ fn config(port: u16, prefix: &str) -> MqttConfig {
 
 /// Subscribes to everything under `prefix` but the publisher's status; yields (topic, JSON).
 async fn subscribe(prefix: &str) -> mpsc::UnboundedReceiver<(String, serde_json::Value)> {
+    subscribe_to(format!("{prefix}/#")).await
+}
+
+/// Subscribes to `filter` (skipping the publisher's status topic); yields (topic, JSON).
+async fn subscribe_to(filter: String) -> mpsc::UnboundedReceiver<(String, serde_json::Value)> {
     let address = broker();
     let id = format!("sub-{}", uuid::Uuid::new_v4().simple());
     let mut options = MqttOptions::new(id, address.ip().to_string(), address.port());
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut event_loop) = AsyncClient::new(options, 64);
-    client
-        .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -76,8 +79,8 @@ async fn subscribe(prefix: &str) -> mpsc::UnboundedReceiver<(String, serde_json:
                     if publish.topic.contains("/status/") {
                         continue;
                     }
-                    let json = serde_json::from_slice(&publish.payload).expect("JSON payload");
-                    if tx.send((publish.topic, json)).is_err() {
+                    let payload = serde_json::from_slice(&publish.payload).expect("JSON payload");
+                    if tx.send((publish.topic, payload)).is_err() {
                         return;
                     }
                 }
@@ -92,10 +95,11 @@ async fn subscribe(prefix: &str) -> mpsc::UnboundedReceiver<(String, serde_json:
     rx
 }
 
-async fn receive(
+/// The next `count` messages, each read as a `T` (a stored verdict, a review).
+async fn receive<T: serde::de::DeserializeOwned>(
     messages: &mut mpsc::UnboundedReceiver<(String, serde_json::Value)>,
     count: usize,
-) -> Vec<(String, StoredVerdict)> {
+) -> Vec<(String, T)> {
     let mut got = Vec::new();
     while got.len() < count {
         let message = tokio::time::timeout(Duration::from_secs(20), messages.recv())
@@ -105,7 +109,7 @@ async fn receive(
         let (topic, json) = message;
         got.push((
             topic,
-            serde_json::from_value(json).expect("a stored verdict"),
+            serde_json::from_value(json).expect("a message of the expected kind"),
         ));
     }
     got
@@ -165,7 +169,7 @@ async fn an_unpublishable_verdict_is_a_dead_letter_and_the_stream_moves_on() {
     let mut sized = config(broker().port(), &prefix);
     sized.client_id = client_id;
     let task = mqtt::spawn(publisher(&fixture, &metrics), sized, cancel.clone());
-    let (_, fits) = receive(&mut messages, 1).await.remove(0);
+    let (_, fits) = receive::<StoredVerdict>(&mut messages, 1).await.remove(0);
     assert_eq!(fits.verdict.inspection_id, "fits");
     assert_eq!(fits.note.chars().count(), 3000);
     assert_eq!(metrics.mqtt_dead_letters.get(), 1);
@@ -194,7 +198,7 @@ async fn every_verdict_is_published_in_cursor_order_on_its_topic() {
             .await
             .unwrap();
     }
-    let got = receive(&mut messages, 25).await;
+    let got = receive::<StoredVerdict>(&mut messages, 25).await;
     let cursors: Vec<u64> = got.iter().map(|(_, v)| v.cursor).collect();
     assert_eq!(cursors, (1..=25).collect::<Vec<_>>());
     assert_eq!(got[0].0, format!("{prefix}/L1/aoi-07/verdict"));
@@ -209,6 +213,70 @@ async fn every_verdict_is_published_in_cursor_order_on_its_topic() {
             .unwrap(),
         25
     );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// Reviews go to the sibling topic `<prefix>/<line>/<station>/review` after their own cursor,
+/// which the publisher saves like the verdicts' cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_are_published_on_the_sibling_topic() {
+    let fixture = store_support::sqlite().await;
+    let prefix = prefix();
+    let mut reviews = subscribe_to(format!("{prefix}/+/+/review")).await;
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let task = mqtt::spawn(
+        publisher(&fixture, &metrics),
+        config(broker().port(), &prefix),
+        cancel.clone(),
+    );
+    let v = store_support::verdict("aoi-07", "u1", "void", &[("line", "L3")]);
+    let Inserted::New(stored) = fixture
+        .store
+        .insert(store_support::record(&v, b"img", false))
+        .await
+        .unwrap()
+    else {
+        panic!("a new verdict");
+    };
+    for reviewer in ["aiko", "kenji"] {
+        fixture
+            .reviews
+            .add_review(Review {
+                cursor: 0,
+                verdict_cursor: stored.cursor,
+                station_id: "aoi-07".into(),
+                inspection_id: "u1".into(),
+                line: Some("L3".into()),
+                model: "kensa-demo".into(),
+                model_version: 1,
+                model_label: "void".into(),
+                label: "normal".into(),
+                outcome: Outcome::Overridden,
+                reviewer: reviewer.into(),
+                comment: String::new(),
+                reviewed_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+    }
+    let got = receive::<Review>(&mut reviews, 2).await;
+    assert_eq!(got[0].0, format!("{prefix}/L3/aoi-07/review"));
+    let cursors: Vec<u64> = got.iter().map(|(_, r)| r.cursor).collect();
+    assert_eq!(cursors, [1, 2]);
+    assert_eq!(got[1].1.reviewer, "kenji");
+    let ledger = fixture.ledger().clone();
+    let started = Instant::now();
+    while ledger
+        .consumer_cursor(mqtt::REVIEWS_CONSUMER)
+        .await
+        .unwrap()
+        != 2
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "cursor saved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cancel.cancel();
     task.await.unwrap();
 }
@@ -233,7 +301,10 @@ async fn a_broker_outage_neither_slows_writes_nor_loses_verdicts() {
         .insert(store_support::simple("aoi-1", "before"))
         .await
         .unwrap();
-    assert_eq!(receive(&mut messages, 1).await[0].1.cursor, 1);
+    assert_eq!(
+        receive::<StoredVerdict>(&mut messages, 1).await[0].1.cursor,
+        1
+    );
 
     let proxy = proxy.cut().await;
     wait_until(|| metrics.mqtt_connected.get() == 0).await;
@@ -258,7 +329,7 @@ async fn a_broker_outage_neither_slows_writes_nor_loses_verdicts() {
     );
 
     let _proxy = proxy.restore().await;
-    let got = receive(&mut messages, 20).await;
+    let got = receive::<StoredVerdict>(&mut messages, 20).await;
     let cursors: Vec<u64> = got.iter().map(|(_, v)| v.cursor).collect();
     assert_eq!(cursors, (2..=21).collect::<Vec<_>>());
     cancel.cancel();

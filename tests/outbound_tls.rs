@@ -330,6 +330,7 @@ async fn the_publisher_speaks_tls_with_a_password_to_the_broker() {
         let cancel = CancellationToken::new();
         let publisher = Publisher {
             store: fixture.store.clone(),
+            reviews: fixture.reviews.clone(),
             ledger: fixture.ledger().clone(),
             metrics: Arc::clone(&metrics),
         };

@@ -48,11 +48,28 @@ use Requirement::{Known, Open};
 
 const STATION: Requirement = Requirement::Scope(Scope::Station);
 const MES: Requirement = Requirement::Scope(Scope::Mes);
+const OPERATOR: Requirement = Requirement::Scope(Scope::Operator);
 
-/// Every HTTP route (method, axum route template) and what it requires. Operator routes
-/// (`/`, reviews) and admin routes (model load/unload/reload) add their rows here.
+/// Every HTTP route (method, axum route template) and what it requires. The operator page's
+/// shell is open (it holds no data and asks for a token when the API answers 401); what it shows
+/// is read with the `mes` scope and a review needs `operator`.
 pub const HTTP_ROUTES: &[(&str, &str, Requirement)] = &[
     ("POST", "/v1/inspections", STATION),
+    ("GET", "/", Open),
+    ("GET", "/ui/app.js", Open),
+    ("GET", "/ui/app.css", Open),
+    ("GET", "/v1/stations", MES),
+    ("GET", "/v1/verdicts/export", MES),
+    (
+        "GET",
+        "/v1/verdicts/{station_id}/{inspection_id}/heatmap",
+        MES,
+    ),
+    (
+        "POST",
+        "/v1/verdicts/{station_id}/{inspection_id}/review",
+        OPERATOR,
+    ),
     ("GET", "/v1/verdicts", MES),
     ("GET", "/v1/verdicts/stream", MES),
     ("GET", "/v1/verdicts/{station_id}/{inspection_id}", MES),
@@ -86,6 +103,7 @@ pub const GRPC_METHODS: &[(&str, Requirement)] = &[
     ("/kensa.v1.InspectionService/InspectStream", STATION),
     ("/kensa.v1.InspectionService/GetVerdict", MES),
     ("/kensa.v1.InspectionService/WatchVerdicts", MES),
+    ("/kensa.v1.InspectionService/ReviewVerdict", OPERATOR),
     ("/inference.GRPCInferenceService/ServerLive", Open),
     ("/inference.GRPCInferenceService/ServerReady", Open),
     ("/inference.GRPCInferenceService/ModelReady", Open),

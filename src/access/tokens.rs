@@ -48,6 +48,12 @@ impl Default for Caller {
 }
 
 impl Caller {
+    /// The client file's name for a caller that presented a token; None when authentication is
+    /// off. Records that name who did something (a review) use it over what a body claims.
+    pub fn identified(&self) -> Option<&str> {
+        self.scopes.is_some().then_some(&*self.name)
+    }
+
     /// A caller allowed nothing: what a handler assumes when no gate has vouched for the
     /// request, so a route left outside the gate fails closed.
     pub fn nobody() -> Caller {

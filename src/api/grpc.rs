@@ -1,7 +1,8 @@
 //! The native gRPC API (`kensa.v1.InspectionService`): unary and streaming inspections (through
 //! the [`Inspector`]), and stored verdicts by key or streamed from a cursor (through
 //! [`Verdicts`], the same reads as `/v1/verdicts`), converted to and from the same
-//! [`InspectionRequest`], [`Verdict`] and [`StoredVerdict`] as the HTTP API.
+//! [`InspectionRequest`], [`Verdict`] and [`StoredVerdict`] as the HTTP API; reviews through
+//! [`Reviews`], like `POST /v1/verdicts/{station_id}/{inspection_id}/review`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +13,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::grpc_status;
 use super::proto::kensa_v1 as pb;
+use super::{grpc_reviews, grpc_status};
 use crate::access::Caller;
 use crate::batching::Priority;
 use crate::error::Error;
 use crate::inspector::{InspectionRequest, Inspector};
 use crate::metrics::Metrics;
+use crate::reviews::Reviews;
 use crate::store::StoredVerdict;
 use crate::verdict::Verdict;
 use crate::verdicts::{Filters, Verdicts};
@@ -34,6 +36,7 @@ pub struct InspectionApi {
     inspector: Arc<Inspector>,
     verdicts: Verdicts,
     metrics: Arc<Metrics>,
+    reviews: Reviews,
     shutdown: CancellationToken,
 }
 
@@ -45,12 +48,14 @@ impl InspectionApi {
         inspector: Arc<Inspector>,
         verdicts: Verdicts,
         metrics: Arc<Metrics>,
+        reviews: Reviews,
         shutdown: CancellationToken,
     ) -> Self {
         InspectionApi {
             inspector,
             verdicts,
             metrics,
+            reviews,
             shutdown,
         }
     }
@@ -138,6 +143,7 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
             model: Some(watch.model),
             defect_only: watch.defect_only,
             disposition,
+            reviewed: watch.reviewed,
         };
         let stored = self
             .verdicts
@@ -146,6 +152,27 @@ impl pb::inspection_service_server::InspectionService for InspectionApi {
         let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
         tokio::spawn(forward_stored(stored, sender));
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn review_verdict(
+        &self,
+        request: Request<pb::ReviewVerdictRequest>,
+    ) -> Result<Response<pb::ReviewVerdictResponse>, Status> {
+        let caller = Caller::of(request.extensions());
+        let message = request.into_inner();
+        let reviewed = self
+            .reviews
+            .review(
+                &message.station_id,
+                &message.inspection_id,
+                grpc_reviews::request(&message).by(&caller),
+            )
+            .await
+            .map_err(|e| grpc_status(&e))?;
+        Ok(Response::new(pb::ReviewVerdictResponse {
+            review: Some(grpc_reviews::message(&reviewed.review)),
+            replayed: reviewed.replayed,
+        }))
     }
 }
 
@@ -182,6 +209,7 @@ fn stored_message(stored: &StoredVerdict) -> pb::StoredVerdict {
         note: stored.note.clone(),
         image_retained: stored.image_retained,
         verdict: Some(verdict_message(&stored.verdict, None)),
+        review: stored.review.as_ref().map(grpc_reviews::message),
     }
 }
 

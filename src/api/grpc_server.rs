@@ -14,6 +14,7 @@ use super::proto::FILE_DESCRIPTOR_SET;
 use super::v2::grpc::{GrpcInferenceServiceServer, InferenceApi};
 use crate::inspector::Inspector;
 use crate::metrics::Metrics;
+use crate::reviews::Reviews;
 use crate::verdicts::Verdicts;
 
 /// The gRPC services and the handle that reports their health.
@@ -30,6 +31,7 @@ pub async fn services(
     inspector: Arc<Inspector>,
     verdicts: Verdicts,
     metrics: Arc<Metrics>,
+    reviews: Reviews,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<GrpcServices> {
@@ -48,6 +50,7 @@ pub async fn services(
         Arc::clone(&inspector),
         verdicts,
         metrics,
+        reviews,
         shutdown,
     ))
     .max_decoding_message_size(max_message_bytes)

@@ -13,16 +13,19 @@ use axum::response::{IntoResponse as _, Response};
 use tower_http::trace::TraceLayer;
 
 use super::state::AppState;
-use super::{inspections, ops, request_id, v2, verdicts};
+use super::{export, inspections, operator, ops, request_id, v2, verdicts};
 use crate::access::scopes;
 use crate::error::{Error, ErrorCode};
 use crate::metrics::{RequestLabels, RouteLabels};
 
-/// The HTTP routes: inspections, verdict reads, ops, and the Open Inference Protocol's `/v2`.
+/// The HTTP routes: inspections, verdict reads and export, the operator's page and reviews,
+/// ops, and the Open Inference Protocol's `/v2`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(inspections::routes())
         .merge(verdicts::routes())
+        .merge(export::routes())
+        .merge(operator::routes())
         .merge(ops::routes())
         .merge(v2::http::routes())
         .fallback(no_route)

@@ -12,6 +12,8 @@ use crate::access::Gate;
 use crate::error::Error;
 use crate::inspector::Inspector;
 use crate::metrics::Metrics;
+use crate::reviews::Reviews;
+use crate::stations::Stations;
 use crate::verdicts::Verdicts;
 
 /// What every handler needs.
@@ -21,6 +23,10 @@ pub struct AppState {
     pub inspector: Arc<Inspector>,
     /// Stored verdicts, for readers.
     pub verdicts: Verdicts,
+    /// Reviews of stored verdicts.
+    pub reviews: Reviews,
+    /// The line overview.
+    pub stations: Stations,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Largest request body in bytes.
@@ -34,7 +40,13 @@ pub struct AppState {
 impl AppState {
     /// Reads the whole body within the body limit and the body timeout.
     pub async fn body(&self, request: Request) -> Result<Bytes, Error> {
-        tokio::time::timeout(self.body_timeout, read_body(request, self.max_body_bytes))
+        self.body_within(request, self.max_body_bytes).await
+    }
+
+    /// Reads the whole body within `limit` bytes (a route with small bodies sets its own) and
+    /// the body timeout.
+    pub async fn body_within(&self, request: Request, limit: usize) -> Result<Bytes, Error> {
+        tokio::time::timeout(self.body_timeout, read_body(request, limit))
             .await
             .map_err(|_| {
                 Error::RequestTimeout(format!(

@@ -32,9 +32,9 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Query options of the reads.
+/// Query options of the reads (and of the export, which adds its own).
 #[derive(Debug, Default, Deserialize)]
-struct ReadOptions {
+pub(super) struct ReadOptions {
     /// Only verdicts after this cursor (0 or absent: from the oldest kept).
     since: Option<u64>,
     /// At most this many (default 100, at most 1000).
@@ -47,18 +47,20 @@ struct ReadOptions {
     #[serde(default)]
     defect_only: bool,
     disposition: Option<Disposition>,
+    /// Only reviewed units (true) or units no one has reviewed (false).
+    reviewed: Option<bool>,
     /// Long-poll: when nothing is there yet, wait up to this long (`30s`, `500ms` or seconds).
     wait: Option<String>,
 }
 
 impl ReadOptions {
-    fn parse(uri: &Uri) -> Result<ReadOptions, Error> {
+    pub(super) fn parse(uri: &Uri) -> Result<ReadOptions, Error> {
         Query::<ReadOptions>::try_from_uri(uri)
             .map(|Query(options)| options)
             .map_err(|rejection| Error::BadRequest(rejection.body_text()))
     }
 
-    fn query(&self) -> VerdictQuery {
+    pub(super) fn query(&self) -> VerdictQuery {
         let filters = Filters {
             station: self.station.clone(),
             line: self.line.clone(),
@@ -67,6 +69,7 @@ impl ReadOptions {
             model: self.model.clone(),
             defect_only: self.defect_only,
             disposition: self.disposition,
+            reviewed: self.reviewed,
         };
         filters.after(self.since.unwrap_or(0), self.limit)
     }

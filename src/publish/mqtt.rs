@@ -1,7 +1,8 @@
 //! Publishes every stored verdict to an MQTT broker (QoS 1), for plants with a broker or a
 //! unified namespace: topic `<prefix>/<line>/<station>/verdict`, payload the stored verdict's
 //! JSON (the same record as `GET /v1/verdicts`, `cursor` included so subscribers can drop the
-//! duplicates QoS 1 allows).
+//! duplicates QoS 1 allows). Reviews go the same way to the sibling topic
+//! `<prefix>/<line>/<station>/review` (the review's JSON, with its own `cursor`).
 //!
 //! The verdict store is the outbox: inspections only write the store, and this task reads it
 //! after its own durable cursor, publishes a batch, waits for every PUBACK, then saves the
@@ -32,10 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::store::record::now_ms;
-use crate::store::{ConsumerLedger, SharedStore, StoredVerdict, VerdictQuery};
+use crate::store::{ConsumerLedger, Review, ReviewStore, SharedStore, StoredVerdict, VerdictQuery};
 
 /// The publisher's cursor and lease name in the store.
 pub const CONSUMER: &str = "mqtt";
+/// The cursor of the reviews it has published (under the same lease).
+pub const REVIEWS_CONSUMER: &str = "mqtt-reviews";
 /// Verdicts published before waiting for their acknowledgements.
 const BATCH: usize = 100;
 /// Longest wait for the broker's CONNACK or for a batch's PUBACKs before reconnecting.
@@ -86,6 +89,8 @@ pub fn packet_limit(max_note_chars: usize) -> usize {
 pub struct Publisher {
     /// The verdicts to publish.
     pub store: SharedStore,
+    /// The reviews to publish.
+    pub reviews: Arc<dyn ReviewStore>,
     /// Where the publisher keeps its cursor and lease.
     pub ledger: Arc<dyn ConsumerLedger>,
     /// Where it counts.
@@ -109,6 +114,15 @@ pub fn topic(prefix: &str, stored: &StoredVerdict) -> String {
         "{prefix}/{}/{}/verdict",
         topic_level(line),
         topic_level(&verdict.station_id)
+    )
+}
+
+/// The topic of one review: `<prefix>/<line>/<station>/review`, beside its verdict's topic.
+pub fn review_topic(prefix: &str, review: &Review) -> String {
+    format!(
+        "{prefix}/{}/{}/review",
+        topic_level(review.line.as_deref().unwrap_or("_")),
+        topic_level(&review.station_id)
     )
 }
 
@@ -231,6 +245,7 @@ async fn publish_loop(
         store,
         ledger,
         metrics,
+        ..
     } = publisher;
     let mut changes = store.subscribe();
     loop {
@@ -253,13 +268,20 @@ async fn publish_loop(
         } else {
             Vec::new()
         };
+        let reviews = if leased {
+            publish_reviews(publisher, config, client, events).await?
+        } else {
+            0
+        };
         if batch.is_empty() {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(IDLE_RECHECK) => {}
-                event = events.recv() => {
-                    event.ok_or("the MQTT event loop stopped")??;
+            if reviews == 0 {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                    event = events.recv() => {
+                        event.ok_or("the MQTT event loop stopped")??;
+                    }
                 }
             }
             continue;
@@ -331,6 +353,48 @@ fn status_topic(config: &MqttConfig) -> String {
 fn tls_configuration(ca: Option<&std::path::Path>) -> Result<TlsConfiguration, String> {
     let config = crate::transport::tls::client_config(ca).map_err(|e| format!("{e:#}"))?;
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// Publishes one batch of the reviews after the review cursor (QoS 1, the review's JSON) and
+/// saves the cursor once the broker acknowledged them all; returns how many it published.
+async fn publish_reviews(
+    publisher: &Publisher,
+    config: &MqttConfig,
+    client: &AsyncClient,
+    events: &mut Events,
+) -> Result<usize, String> {
+    let after = publisher
+        .ledger
+        .consumer_cursor(REVIEWS_CONSUMER)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reviews = publisher
+        .reviews
+        .reviews_after(after, BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(last) = reviews.last().map(|r| r.cursor) else {
+        return Ok(0);
+    };
+    for review in &reviews {
+        let payload = serde_json::to_vec(review).map_err(|e| e.to_string())?;
+        client
+            .publish(
+                review_topic(&config.topic_prefix, review),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    acknowledged(events, reviews.len()).await?;
+    publisher
+        .ledger
+        .save_consumer_cursor(REVIEWS_CONSUMER, last)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(reviews.len())
 }
 
 /// Waits until `count` publishes went out and the broker acknowledged each.

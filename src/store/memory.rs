@@ -7,6 +7,9 @@
 //! still in the ring gets the stored verdict, and every read path (`/v1/verdicts`, long-poll,
 //! Server-Sent Events, gRPC `GetVerdict`/`WatchVerdicts`) reads it the same way.
 
+mod activity;
+mod reviews;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
@@ -36,6 +39,8 @@ struct Ring {
     image_bytes: u64,
     /// Cursors of entries that hold an image, oldest first.
     with_images: VecDeque<u64>,
+    /// The newest review cursor handed out.
+    last_review: u64,
 }
 
 struct Entry {
@@ -44,6 +49,8 @@ struct Entry {
     stored_at_ms: i64,
     /// The verdict's JSON and note, as a database would hold them.
     bytes: u64,
+    /// Its reviews, oldest first (the newest is also in `stored.review`).
+    reviews: Vec<crate::store::Review>,
 }
 
 impl MemoryStore {
@@ -58,6 +65,7 @@ impl MemoryStore {
                 max_image_bytes: image_bytes,
                 image_bytes: 0,
                 with_images: VecDeque::new(),
+                last_review: 0,
             }),
             cursor: watch::channel(0).0,
         }
@@ -152,6 +160,7 @@ impl VerdictStore for MemoryStore {
             image: verdict.image,
             stored_at_ms,
             bytes,
+            reviews: Vec::new(),
         });
         ring.last = cursor;
         while ring.entries.len() > ring.max_rows && ring.pop_oldest() {}

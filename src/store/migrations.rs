@@ -28,6 +28,11 @@ pub const SQLITE: &[Migration] = &[
         name: "disposition",
         sql: include_str!("migrations/sqlite/0002_disposition.sql"),
     },
+    Migration {
+        version: 3,
+        name: "reviews",
+        sql: include_str!("migrations/sqlite/0003_reviews.sql"),
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -41,6 +46,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "disposition",
         sql: include_str!("migrations/postgres/0002_disposition.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "reviews",
+        sql: include_str!("migrations/postgres/0003_reviews.sql"),
     },
 ];
 
@@ -76,7 +86,8 @@ mod tests {
         }
         assert_eq!(pending(SQLITE, &[]).unwrap().len(), SQLITE.len());
         assert_eq!(pending(SQLITE, &[1]).unwrap()[0].version, 2);
-        assert!(pending(SQLITE, &[1, 2]).unwrap().is_empty());
+        let all: Vec<i64> = SQLITE.iter().map(|m| m.version).collect();
+        assert!(pending(SQLITE, &all).unwrap().is_empty());
         let error = pending(SQLITE, &[1, 99]).unwrap_err();
         assert!(error.to_string().contains("99"), "{error}");
     }

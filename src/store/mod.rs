@@ -8,10 +8,12 @@
 //! gets [`memory`]: the same behaviour within a bounded ring, kept only while the process runs,
 //! so every read path works the same way with or without a database.
 //!
-//! The backends' concerns are split into three traits: [`VerdictStore`] (the request path and
-//! readers), [`StoreUpkeep`] (stats and retention) and [`ConsumerLedger`] (the MQTT publisher's
-//! cursor and lease).
+//! The backends' concerns are split into traits: [`VerdictStore`] (the request path and
+//! readers), [`StoreUpkeep`] (stats and retention), [`ConsumerLedger`] (the MQTT publisher's
+//! cursor and lease), [`ReviewStore`] (people's reviews beside the verdicts) and
+//! [`StationActivity`] (the operator page's line overview).
 
+pub mod activity;
 pub mod follow;
 pub mod health;
 pub mod memory;
@@ -20,6 +22,7 @@ pub mod postgres;
 pub mod query;
 pub mod record;
 pub mod retention;
+pub mod reviews;
 mod sql;
 pub mod sqlite;
 pub mod timed;
@@ -31,9 +34,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub use activity::{ActivityCount, StationActivity};
 pub use query::{Filters, VerdictQuery};
 pub use record::{NewVerdict, StoredVerdict};
 pub use retention::{Pruned, RetentionPolicy};
+pub use reviews::{Agreement, Outcome, Review, ReviewInserted, ReviewStore};
 
 /// Why the store could not answer; the request path turns it into a 503 (or a 500 for
 /// corruption), never into a lost verdict.
@@ -159,17 +164,23 @@ pub struct Store {
     /// Consumer cursors and leases; None for the in-memory store, which cannot promise an
     /// outbox anything across a restart.
     pub consumers: Option<Arc<dyn ConsumerLedger>>,
+    /// Reviews of stored verdicts.
+    pub reviews: Arc<dyn ReviewStore>,
+    /// Station activity for the line overview.
+    pub activity: Arc<dyn StationActivity>,
 }
 
 impl Store {
     fn durable<B>(backend: B) -> Store
     where
-        B: VerdictStore + StoreUpkeep + ConsumerLedger + 'static,
+        B: VerdictStore + StoreUpkeep + ConsumerLedger + ReviewStore + StationActivity + 'static,
     {
         let backend = Arc::new(backend);
         Store {
             verdicts: backend.clone(),
             upkeep: backend.clone(),
+            reviews: backend.clone(),
+            activity: backend.clone(),
             consumers: Some(backend),
         }
     }
@@ -290,7 +301,9 @@ pub async fn open(location: &StoreLocation, options: &OpenOptions) -> Result<Sto
             let memory = Arc::new(memory::MemoryStore::new(*rows, *image_bytes));
             Store {
                 verdicts: memory.clone(),
-                upkeep: memory,
+                upkeep: memory.clone(),
+                reviews: memory.clone(),
+                activity: memory,
                 consumers: None,
             }
         }

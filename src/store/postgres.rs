@@ -22,6 +22,9 @@
 //! roots); kensa has no unverified TLS mode. Without one of them (or with `prefer`, the
 //! default) it connects without TLS.
 
+mod activity;
+mod reviews;
+
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -236,6 +239,9 @@ impl StoreUpkeep for PostgresStore {
                 .map_err(unavailable)?;
         }
         tx.execute(sql::PRUNE_ORPHAN_IMAGES, &[])
+            .await
+            .map_err(unavailable)?;
+        tx.execute(super::reviews::PRUNE_ORPHANS, &[])
             .await
             .map_err(unavailable)?;
         if let Some(bytes) = policy.max_image_bytes {
@@ -591,6 +597,8 @@ fn raw_row(row: &Row) -> Result<RawRow, StoreError> {
         row.try_get(3).map_err(corrupt)?,
         row.try_get(4).map_err(corrupt)?,
         row.try_get(5).map_err(corrupt)?,
+        row.try_get(6).map_err(corrupt)?,
+        row.try_get(7).map_err(corrupt)?,
     ))
 }
 

@@ -35,6 +35,8 @@ pub struct Filters {
     pub defect_only: bool,
     /// Only units with this disposition (pass, fail, review).
     pub disposition: Option<Disposition>,
+    /// Only reviewed units (true) or only units no one has reviewed yet (false).
+    pub reviewed: Option<bool>,
 }
 
 /// Most verdicts one read returns.
@@ -58,6 +60,7 @@ impl Filters {
                 model: given(self.model),
                 defect_only: self.defect_only,
                 disposition: self.disposition,
+                reviewed: self.reviewed,
             },
         }
     }
@@ -98,9 +101,12 @@ impl Dialect {
     }
 }
 
-/// The columns every read selects, in the order the backends decode them.
+/// The columns every read selects, in the order the backends decode them: the verdict, whether
+/// its image is kept, and its newest review (`seq` and JSON; NULL when it has none).
 pub const COLUMNS: &str = "v.seq, v.stored_at_ms, v.image_sha256, v.note, v.verdict, \
-     EXISTS (SELECT 1 FROM retained_images r WHERE r.seq = v.seq)";
+     EXISTS (SELECT 1 FROM retained_images r WHERE r.seq = v.seq), \
+     (SELECT MAX(w.seq) FROM reviews w WHERE w.verdict_seq = v.seq), \
+     (SELECT w.review FROM reviews w WHERE w.verdict_seq = v.seq ORDER BY w.seq DESC LIMIT 1)";
 
 impl VerdictQuery {
     /// The metadata-backed filters with the column each one reads.
@@ -143,6 +149,12 @@ impl VerdictQuery {
                 dialect.mark(params.len())
             ));
         }
+        if let Some(reviewed) = self.filters.reviewed {
+            let not = if reviewed { "" } else { "NOT " };
+            sql.push_str(&format!(
+                " AND {not}EXISTS (SELECT 1 FROM reviews w WHERE w.verdict_seq = v.seq)"
+            ));
+        }
         sql.push_str(&format!(" ORDER BY v.seq LIMIT {}", self.effective_limit()));
         (sql, params)
     }
@@ -164,6 +176,10 @@ impl VerdictQuery {
                 .filters
                 .disposition
                 .is_none_or(|d| verdict.disposition == Some(d))
+            && self
+                .filters
+                .reviewed
+                .is_none_or(|reviewed| stored.review.is_some() == reviewed)
             && self
                 .text_filters()
                 .iter()

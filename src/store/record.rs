@@ -1,12 +1,15 @@
 //! What one stored verdict holds: the verdict as the station received it plus the request's
 //! metadata, the note and the image's hash, numbered by its cursor.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
+use super::reviews::{self, Review};
 use crate::verdict::Verdict;
 
 /// A verdict about to be stored.
@@ -35,9 +38,7 @@ impl NewVerdict {
 
     /// The panel or strip the unit sits on, under whichever name the station used.
     pub fn panel_id(&self) -> Option<&str> {
-        ["panel_id", "strip_id", "panel", "strip"]
-            .iter()
-            .find_map(|key| self.field(key))
+        panel_of(&self.verdict.metadata)
     }
 
     /// The record every read serves, once this verdict is stored under `cursor`.
@@ -48,6 +49,7 @@ impl NewVerdict {
             image_sha256: self.image_sha256.clone(),
             note: self.note.clone(),
             image_retained: self.image.is_some(),
+            review: None,
             verdict: self.verdict.clone(),
         }
     }
@@ -66,9 +68,20 @@ pub struct StoredVerdict {
     pub note: String,
     /// Whether the image itself was kept (image retention).
     pub image_retained: bool,
+    /// The newest review of the unit, when a person reviewed it (beside the verdict, which
+    /// stays as the model gave it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
     /// The verdict as the station received it.
     #[serde(flatten)]
     pub verdict: Verdict,
+}
+
+/// The panel or strip a unit sits on, from a station's metadata under whichever name it used.
+pub fn panel_of(metadata: &BTreeMap<String, String>) -> Option<&str> {
+    ["panel_id", "strip_id", "panel", "strip"]
+        .iter()
+        .find_map(|key| metadata.get(*key).map(String::as_str))
 }
 
 /// Hex SHA-256 of some bytes.
@@ -89,20 +102,35 @@ pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-/// A row as both backends select it ([`super::query::COLUMNS`]), before its JSON is parsed.
-pub(crate) type RawRow = (i64, i64, String, String, String, bool);
+/// A row as both backends select it ([`super::query::COLUMNS`]), before its JSON is parsed:
+/// the verdict's columns, then its newest review's `seq` and JSON when it has one.
+pub(crate) type RawRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    bool,
+    Option<i64>,
+    Option<String>,
+);
 
 /// Turns a stored row into the record every API serves.
 pub(crate) fn decode(row: RawRow) -> Result<StoredVerdict, StoreError> {
-    let (seq, stored_at_ms, image_sha256, note, json, image_retained) = row;
+    let (seq, stored_at_ms, image_sha256, note, json, image_retained, review_seq, review) = row;
     let verdict = serde_json::from_str(&json)
         .map_err(|e| StoreError::Corrupt(format!("verdict {seq}: {e}")))?;
+    let review = match (review_seq, review) {
+        (Some(review_seq), Some(review)) => Some(reviews::decode(review_seq, &review)?),
+        _ => None,
+    };
     Ok(StoredVerdict {
         cursor: seq.unsigned_abs(),
         stored_at: from_ms(stored_at_ms),
         image_sha256,
         note,
         image_retained,
+        review,
         verdict,
     })
 }

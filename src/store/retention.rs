@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::decision::Disposition;
 use crate::verdict::Verdict;
 
 /// What a sweep deletes.
@@ -50,11 +51,15 @@ pub struct ImageRetention {
 }
 
 impl ImageRetention {
-    /// True for a defect, or for a verdict the model was unsure of.
+    /// True for a defect, for a verdict the model was unsure of, and for a unit sent to a
+    /// person (disposition `review`: the review page shows it, and its review makes it
+    /// training data).
     pub fn keeps(&self, verdict: &Verdict, image_bytes: usize) -> bool {
         self.enabled
             && image_bytes <= self.max_image_bytes
-            && (verdict.is_defect || verdict.confidence < self.min_confidence)
+            && (verdict.is_defect
+                || verdict.confidence < self.min_confidence
+                || verdict.disposition == Some(Disposition::Review))
     }
 }
 

@@ -11,6 +11,9 @@
 //! assigned in commit order and never reused; a reader that saw cursor N has seen every
 //! committed cursor below N.
 
+mod activity;
+mod reviews;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -404,6 +407,8 @@ fn prune(conn: &Connection, policy: &RetentionPolicy, now_ms: i64) -> Result<Pru
     }
     conn.execute(sql::PRUNE_ORPHAN_IMAGES, [])
         .map_err(unavailable)?;
+    conn.execute(super::reviews::PRUNE_ORPHANS, [])
+        .map_err(unavailable)?;
     if let Some(bytes) = policy.max_image_bytes {
         pruned.images += run(conn, sql::PRUNE_IMAGES_BY_BYTES, to_i64(bytes))?;
     }
@@ -440,6 +445,8 @@ fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         row.get(3)?,
         row.get(4)?,
         row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
     ))
 }
 

@@ -1,5 +1,6 @@
 //! Background upkeep of the store: the retention sweep on its schedule, and the store's gauges
-//! (rows, bytes, the committed cursor, and the MQTT backlog when the publisher runs).
+//! (rows, bytes, the committed cursor, the review agreement, and the MQTT backlog when the
+//! publisher runs).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::now_ms;
 use super::retention::RetentionPolicy;
-use super::{ConsumerLedger, Store};
-use crate::metrics::{Metrics, PrunedLabels};
+use super::{ConsumerLedger, ReviewStore, Store};
+use crate::metrics::{Metrics, ModelLabels, PrunedLabels};
 
 /// How often the cursor gauge is refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
@@ -77,6 +78,7 @@ impl Upkeep {
             }
             Err(error) => tracing::warn!(%error, "counting stored verdicts failed"),
         }
+        refresh_agreement(self.store.reviews.as_ref(), &self.metrics).await;
         if let Some(consumer) = &self.mqtt {
             match consumer.ledger.consumer_cursor(consumer.name).await {
                 Ok(done) => {
@@ -113,5 +115,24 @@ impl Upkeep {
             }
             Err(error) => tracing::warn!(%error, "retention sweep failed; retrying next interval"),
         }
+    }
+}
+
+/// Sets `kensa_review_agreement_ratio` from every stored review (so it counts the reviews given
+/// on every replica and survives restarts); after each sweep, and after each new review.
+pub async fn refresh_agreement(reviews: &dyn ReviewStore, metrics: &Metrics) {
+    match reviews.agreement().await {
+        Ok(rows) => {
+            for row in rows.iter().filter(|row| row.reviews > 0) {
+                metrics
+                    .review_agreement
+                    .get_or_create(&ModelLabels {
+                        model: row.model.clone(),
+                        version: row.model_version.to_string(),
+                    })
+                    .set(row.confirmed as f64 / row.reviews as f64);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "reading the review agreement failed"),
     }
 }

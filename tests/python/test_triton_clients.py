@@ -91,7 +91,7 @@ def test_http_health_and_metadata(kensa: Kensa) -> None:
         "station_id",
         "inspection_id",
     ]
-    assert [t["name"] for t in metadata["outputs"]] == OUTPUTS
+    assert [t["name"] for t in metadata["outputs"]] == [*OUTPUTS, "disposition"]
     assert metadata["outputs"][2]["shape"] == [-1, len(labels())]
 
 
@@ -103,7 +103,8 @@ def test_grpc_health_and_metadata(kensa: Kensa) -> None:
     assert "binary_tensor_data" in client.get_server_metadata().extensions
     metadata = client.get_model_metadata(MODEL, model_version="1")
     assert [t.name for t in metadata.inputs] == ["image", "note", "station_id", "inspection_id"]
-    assert [t.datatype for t in metadata.outputs] == ["BYTES", "FP32", "FP32", "FP32", "BYTES"]
+    datatypes = ["BYTES", "FP32", "FP32", "FP32", "BYTES", "BYTES"]
+    assert [t.datatype for t in metadata.outputs] == datatypes
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::Utc;
 use kensa::store::{
-    self, ConsumerLedger, NewVerdict, SharedStore, Store, StoreLocation, StoreUpkeep,
+    self, ConsumerLedger, NewVerdict, ReviewStore, SharedStore, StationActivity, Store,
+    StoreLocation, StoreUpkeep,
 };
 use kensa::verdict::{AttentionMap, Timings, Verdict};
 
@@ -77,6 +78,10 @@ pub struct Fixture {
     pub upkeep: Arc<dyn StoreUpkeep>,
     /// Consumer cursors and leases (the durable backends only).
     pub ledger: Option<Arc<dyn ConsumerLedger>>,
+    /// Reviews beside the verdicts.
+    pub reviews: Arc<dyn ReviewStore>,
+    /// Station activity for the line overview.
+    pub activity: Arc<dyn StationActivity>,
     pub location: StoreLocation,
     _dir: Option<tempfile::TempDir>,
     schema: Option<String>,
@@ -93,6 +98,8 @@ impl Fixture {
             store: opened.verdicts,
             upkeep: opened.upkeep,
             ledger: opened.consumers,
+            reviews: opened.reviews,
+            activity: opened.activity,
             location,
             _dir: dir,
             schema,

@@ -159,7 +159,7 @@ def cmd_summarize(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from kensa_pipeline.train import export_run
 
-    m = export_run(Path(a.run), Path(a.out))
+    m = export_run(Path(a.run), Path(a.out), name=a.name, version=a.version)
     print(json.dumps(m["provenance"], indent=2))
     return 0
 
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a training run into a model folder")
     x.add_argument("--run", required=True)
     x.add_argument("--out", required=True)
+    x.add_argument("--name", default=None, help="model name (default: the run folder's name)")
+    x.add_argument("--version", type=int, default=1, help="model version (default 1)")
     x.set_defaults(func=cmd_export)
 
     r = sub.add_parser("export-random", help="export presets with random weights (benchmarks)")

@@ -315,6 +315,7 @@ def export_model_folder(
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     max_batch_size: int = 16,
+    version: int = 1,
     towers: str | Path | None = None,
     decision: dict[str, Any] | None = None,
     validation_distribution: dict[str, Any] | None = None,
@@ -346,6 +347,7 @@ def export_model_folder(
         provenance=provenance or {},
         decision=decision,
         validation_distribution=validation_distribution,
+        version=version,
     )
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest

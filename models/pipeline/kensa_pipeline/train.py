@@ -506,8 +506,9 @@ def train_cli(
     return {"table": res["table"], "markdown": res["markdown"]}
 
 
-def export_run(run: Path, out: Path) -> dict[str, Any]:
-    """Export a training run folder (from ``train``) into a model folder."""
+def export_run(run: Path, out: Path, name: str | None = None, version: int = 1) -> dict[str, Any]:
+    """Export a training run folder (from ``train``) into a model folder named ``name``
+    (default: the run folder's name) at ``version`` (a new version of a served model)."""
     from kensa_pipeline import __version__
     from kensa_pipeline.export import export_model_folder, git_commit
 
@@ -537,7 +538,8 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
         model,
         run / "tokenizer.json",
         out,
-        name=run.name,
+        name=name or run.name,
+        version=version,
         description=f"kensa model exported from run {run}",
         labels=labels,
         metrics=metrics,
