@@ -214,6 +214,11 @@ pub struct ServeArgs {
     /// On SIGTERM, how long queued work may take to finish before kensa exits anyway.
     #[arg(long, env = "KENSA_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// How often the model repository is read again for new, changed or removed versions
+    /// (0s: only on SIGHUP and `POST /v1/models/reload`). A new version is loaded and warmed
+    /// beside the serving one before requests switch to it.
+    #[arg(long, env = "KENSA_MODEL_POLL_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub model_poll_interval: Duration,
     /// Verdict store, retention and MQTT.
     #[command(flatten)]
     pub store: StoreArgs,

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -88,17 +88,16 @@ pub const MAX_METADATA_FIELDS: usize = 32;
 /// to commit.
 #[derive(Default)]
 pub struct Readiness {
-    models: OnceLock<ModelRepository>,
+    models: RwLock<Option<Arc<ModelRepository>>>,
     draining: AtomicBool,
     store_down: AtomicBool,
 }
 
 impl Readiness {
-    /// Publishes the loaded, warmed-up models; from now on the service is ready.
-    pub fn set_models(&self, models: ModelRepository) {
-        if self.models.set(models).is_err() {
-            tracing::warn!("models were already set");
-        }
+    /// Publishes the loaded, warmed-up models (at start, and each reload swaps the whole
+    /// set at once); from the first call on the service is ready.
+    pub fn set_models(&self, models: Arc<ModelRepository>) {
+        *self.models.write().unwrap_or_else(PoisonError::into_inner) = Some(models);
     }
 
     /// Marks the service as draining: no longer ready, still finishing work.
@@ -113,14 +112,17 @@ impl Readiness {
 
     /// True when requests are accepted.
     pub fn is_ready(&self) -> bool {
-        self.models.get().is_some()
+        self.models().is_some()
             && !self.draining.load(Ordering::SeqCst)
             && !self.store_down.load(Ordering::SeqCst)
     }
 
-    /// The loaded models, once warm.
-    pub fn models(&self) -> Option<&ModelRepository> {
-        self.models.get()
+    /// The models in service now, once warm; a request keeps the set it started with.
+    pub fn models(&self) -> Option<Arc<ModelRepository>> {
+        self.models
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -494,7 +496,7 @@ impl Inspector {
         })
     }
 
-    fn ready_models(&self) -> Result<&ModelRepository, Error> {
+    fn ready_models(&self) -> Result<Arc<ModelRepository>, Error> {
         self.readiness
             .models()
             .filter(|_| self.readiness.is_ready())
@@ -514,6 +516,7 @@ impl Inspector {
         let span = tracing::Span::current();
         span.record("model", model.name.as_str());
         span.record("version", model.version);
+        let tally = model.stats.begin();
         let deadline_after = request.deadline.unwrap_or(self.limits.default_deadline);
         let deadline = received + deadline_after;
         let place = model.queue.reserve()?;
@@ -550,6 +553,7 @@ impl Inspector {
                 });
             }
         };
+        tally.succeeded(result.queue_time, result.inference_time);
 
         let manifest = &model.manifest;
         let temperature = model.decision.as_ref().map_or(1.0, |d| d.spec.temperature);

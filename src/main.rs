@@ -200,7 +200,7 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
     let repository =
         ModelRepository::load(&args.model.model_repository, runtime, &options, &metrics).await?;
     let readiness = Arc::new(Readiness::default());
-    readiness.set_models(repository);
+    readiness.set_models(Arc::new(repository));
     let limits = Limits {
         image: ImageLimits {
             max_bytes: usize::MAX,

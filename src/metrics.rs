@@ -176,6 +176,8 @@ pub struct Metrics {
     pub stage_seconds: Family<StageLabels, Histogram>,
     /// 1 for each loaded model version, labelled with its provider.
     pub model_info: Family<ModelInfoLabels, Gauge>,
+    /// Model versions that failed to load or validate on a reload (the old one kept serving).
+    pub model_load_failures: Family<ModelLabels, Counter>,
     /// 1 once every model is warmed up, 0 before and while draining.
     pub ready: Gauge,
     /// Time to commit one verdict to the store.
@@ -392,6 +394,12 @@ impl Metrics {
             "Loaded model versions and their execution provider",
             model_info.clone(),
         );
+        let model_load_failures = Family::<ModelLabels, Counter>::default();
+        kensa.register(
+            "model_load_failures",
+            "Model versions that failed to load or validate on a reload; what served before keeps serving",
+            model_load_failures.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         kensa.register(
             "build_info",
@@ -523,6 +531,7 @@ impl Metrics {
             inference_seconds,
             stage_seconds,
             model_info,
+            model_load_failures,
             ready,
             store_write_seconds,
             store_rows,

@@ -28,7 +28,7 @@ use crate::config::ServeArgs;
 use crate::edge::{EdgeArgs, PortTls};
 use crate::inspector::{Inspector, Readiness};
 use crate::metrics::Metrics;
-use crate::model::registry::ModelRepository;
+use crate::model::lifecycle::ModelLifecycle;
 use crate::model::runtime::Runtime;
 use crate::publish::mqtt;
 use crate::reviews::Reviews;
@@ -126,6 +126,13 @@ impl Server {
             mqtt: mqtt_ledger,
         };
         tokio::spawn(upkeep.run(background.clone()));
+        let models = Arc::new(ModelLifecycle::new(
+            args.model.model_repository.clone(),
+            runtime,
+            args.model.load_options(),
+            Arc::clone(&metrics),
+            Arc::clone(&readiness),
+        ));
         let inspector = Arc::new(Inspector::new(
             Arc::clone(&readiness),
             args.limits.limits(),
@@ -140,15 +147,6 @@ impl Server {
             Arc::clone(&store.reviews),
             Arc::clone(&metrics),
         );
-        let grpc = grpc_server::services(
-            Arc::clone(&inspector),
-            verdicts.clone(),
-            Arc::clone(&metrics),
-            reviews.clone(),
-            args.limits.max_body_bytes,
-            shutdown.clone(),
-        )
-        .await?;
         let state = AppState {
             inspector: Arc::clone(&inspector),
             verdicts,
@@ -158,7 +156,9 @@ impl Server {
             max_body_bytes: args.limits.max_body_bytes,
             body_timeout: args.edge.body_timeout,
             gate: Arc::clone(&gate),
+            models: Arc::clone(&models),
         };
+        let grpc = grpc_server::services(&state, shutdown.clone()).await?;
         let mut app = router(state);
         if let Some(cors) = args.edge.cors()? {
             app = app.layer(cors);
@@ -190,7 +190,12 @@ impl Server {
             store_health,
             metrics: Arc::clone(&metrics),
         };
-        let load = load_models(args, runtime, Arc::clone(&readiness), metrics);
+        let load = load_models(
+            Arc::clone(&models),
+            args.model_poll_interval,
+            metrics,
+            background.clone(),
+        );
         let task = tokio::spawn(serve(ports, app, grpc, load, watched, shutdown.clone()));
         let task = tokio::spawn(async move {
             let served = task.await.context("server task panicked")?;
@@ -202,7 +207,7 @@ impl Server {
             http_addr,
             grpc_addr,
             readiness,
-            reloader: Reloader { gate, tls },
+            reloader: Reloader { gate, tls, models },
             shutdown,
             task,
         })
@@ -241,36 +246,47 @@ impl ShutdownHandle {
     }
 }
 
+/// Loads the models, says ready, and from then on polls the repository (unless `poll` is zero).
 async fn load_models(
-    args: ServeArgs,
-    runtime: &'static Runtime,
-    readiness: Arc<Readiness>,
+    models: Arc<ModelLifecycle>,
+    poll: std::time::Duration,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let repository = ModelRepository::load(
-        &args.model.model_repository,
-        runtime,
-        &args.model.load_options(),
-        &metrics,
-    )
-    .await?;
-    readiness.set_models(repository);
+    models.load_first().await?;
     metrics.ready.set(1);
     tracing::info!("ready");
+    if !poll.is_zero() {
+        tokio::spawn(models.poll(poll, stop));
+    }
     Ok(())
 }
 
-/// Re-reads the client file and the TLS certificates (SIGHUP); a file that does not load
-/// leaves what was in force and logs why.
+/// Re-reads the client file, the TLS certificates and the model repository (SIGHUP); a file
+/// or a model version that does not load leaves what was in force and logs why.
 #[derive(Clone)]
 pub struct Reloader {
     gate: Arc<Gate>,
     tls: Option<Arc<PortTls>>,
+    models: Arc<ModelLifecycle>,
 }
 
 impl Reloader {
-    /// Reloads; never fails the server.
+    /// Reloads; never fails the server. The models reload in the background.
     pub fn reload(&self) {
+        let models = Arc::clone(&self.models);
+        tokio::spawn(async move {
+            match models.reload().await {
+                Ok(report) => tracing::info!(
+                    loaded = report.loaded.len(),
+                    unloaded = report.unloaded.len(),
+                    unchanged = report.unchanged.len(),
+                    failed = report.failed.len(),
+                    "model repository reloaded"
+                ),
+                Err(error) => tracing::warn!(%error, "model repository not reloaded"),
+            }
+        });
         match self.gate.reload() {
             Ok(Some(clients)) => tracing::info!(clients, "client file reloaded"),
             Ok(None) => {}

@@ -348,7 +348,8 @@ async fn a_store_outage_and_a_kill_9_during_it_lose_no_acknowledged_verdict() {
     );
 }
 
-/// SIGHUP reloads and never ends the process.
+/// SIGHUP reloads (the client file, certificates and the model repository) and never ends the
+/// process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_never_kills() {
     let data = tempfile::tempdir().unwrap();
@@ -373,4 +374,9 @@ async fn sighup_reloads_and_never_kills() {
     assert_eq!(response.status(), 200);
     let log = std::fs::read_to_string(data.path().join("kensa.log")).unwrap();
     assert_eq!(log.matches("SIGHUP: reloading").count(), 3, "{log}");
+    assert_eq!(
+        log.matches("model repository reloaded").count(),
+        3,
+        "each SIGHUP reads the model repository again: {log}"
+    );
 }

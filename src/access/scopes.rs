@@ -49,6 +49,7 @@ use Requirement::{Known, Open};
 const STATION: Requirement = Requirement::Scope(Scope::Station);
 const MES: Requirement = Requirement::Scope(Scope::Mes);
 const OPERATOR: Requirement = Requirement::Scope(Scope::Operator);
+const ADMIN: Requirement = Requirement::Scope(Scope::Admin);
 
 /// Every HTTP route (method, axum route template) and what it requires. The operator page's
 /// shell is open (it holds no data and asks for a token when the API answers 401); what it shows
@@ -79,6 +80,7 @@ pub const HTTP_ROUTES: &[(&str, &str, Requirement)] = &[
         MES,
     ),
     ("GET", "/v1/models", Known),
+    ("POST", "/v1/models/reload", ADMIN),
     ("GET", "/healthz", Open),
     ("GET", "/readyz", Open),
     ("GET", "/metrics", Requirement::Metrics),
@@ -89,6 +91,14 @@ pub const HTTP_ROUTES: &[(&str, &str, Requirement)] = &[
     ("GET", "/v2/models/{name}/versions/{version}", Known),
     ("GET", "/v2/models/{name}/ready", Open),
     ("GET", "/v2/models/{name}/versions/{version}/ready", Open),
+    ("GET", "/v2/models/{name}/config", Known),
+    ("GET", "/v2/models/{name}/versions/{version}/config", Known),
+    ("GET", "/v2/models/stats", Known),
+    ("GET", "/v2/models/{name}/stats", Known),
+    ("GET", "/v2/models/{name}/versions/{version}/stats", Known),
+    ("POST", "/v2/repository/index", Known),
+    ("POST", "/v2/repository/models/{name}/load", ADMIN),
+    ("POST", "/v2/repository/models/{name}/unload", ADMIN),
     ("POST", "/v2/models/{name}/infer", STATION),
     (
         "POST",
@@ -110,6 +120,14 @@ pub const GRPC_METHODS: &[(&str, Requirement)] = &[
     ("/inference.GRPCInferenceService/ServerMetadata", Known),
     ("/inference.GRPCInferenceService/ModelMetadata", Known),
     ("/inference.GRPCInferenceService/ModelInfer", STATION),
+    ("/inference.GRPCInferenceService/ModelConfig", Known),
+    ("/inference.GRPCInferenceService/ModelStatistics", Known),
+    ("/inference.GRPCInferenceService/RepositoryIndex", Known),
+    ("/inference.GRPCInferenceService/RepositoryModelLoad", ADMIN),
+    (
+        "/inference.GRPCInferenceService/RepositoryModelUnload",
+        ADMIN,
+    ),
     ("/grpc.health.v1.Health/Check", Open),
     ("/grpc.health.v1.Health/Watch", Open),
     (

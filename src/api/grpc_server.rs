@@ -11,11 +11,8 @@ use tonic_health::server::HealthReporter;
 
 use super::grpc::{InspectionApi, InspectionServiceServer};
 use super::proto::FILE_DESCRIPTOR_SET;
+use super::state::AppState;
 use super::v2::grpc::{GrpcInferenceServiceServer, InferenceApi};
-use crate::inspector::Inspector;
-use crate::metrics::Metrics;
-use crate::reviews::Reviews;
-use crate::verdicts::Verdicts;
 
 /// The gRPC services and the handle that reports their health.
 pub struct GrpcServices {
@@ -25,16 +22,13 @@ pub struct GrpcServices {
     pub health: GrpcHealth,
 }
 
-/// Builds every gRPC service; `max_message_bytes` bounds each message both ways, like
-/// `--max-body-bytes` bounds an HTTP body. Health starts as NOT_SERVING.
+/// Builds every gRPC service over what the HTTP handlers share; the body limit bounds each
+/// message both ways, as it bounds an HTTP body. Health starts as NOT_SERVING.
 pub async fn services(
-    inspector: Arc<Inspector>,
-    verdicts: Verdicts,
-    metrics: Arc<Metrics>,
-    reviews: Reviews,
-    max_message_bytes: usize,
+    state: &AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<GrpcServices> {
+    let max_message_bytes = state.max_body_bytes;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = GrpcHealth(reporter);
     health.set_ready(false).await;
@@ -47,17 +41,20 @@ pub async fn services(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let native = InspectionServiceServer::new(InspectionApi::new(
-        Arc::clone(&inspector),
-        verdicts,
-        metrics,
-        reviews,
+        Arc::clone(&state.inspector),
+        state.verdicts.clone(),
+        Arc::clone(&state.metrics),
+        state.reviews.clone(),
         shutdown,
     ))
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
-    let inference = GrpcInferenceServiceServer::new(InferenceApi::new(inspector))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+    let inference = GrpcInferenceServiceServer::new(InferenceApi::new(
+        Arc::clone(&state.inspector),
+        Arc::clone(&state.models),
+    ))
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes);
     let routes = Routes::new(health_service)
         .add_service(native)
         .add_service(inference)

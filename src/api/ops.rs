@@ -4,11 +4,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 
 use super::state::AppState;
 use crate::decision::DecisionPolicy;
+use crate::error::Error;
 use crate::model::manifest::Label;
 use crate::model::threading::ThreadingPlan;
 
@@ -16,6 +17,7 @@ use crate::model::threading::ThreadingPlan;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/models/reload", post(reload))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -37,6 +39,8 @@ struct ModelSummary<'a> {
     metrics: &'a serde_json::Value,
     /// The newest version's pass / fail / review rule with its overrides; null without one.
     decision: Option<&'a DecisionPolicy>,
+    /// When the newest version started serving.
+    loaded_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// `GET /v1/models`: every model with its versions, labels, provider, and how it batches and
@@ -45,7 +49,11 @@ async fn models(State(state): State<AppState>) -> Response {
     let readiness = state.inspector.readiness();
     let ready = readiness.is_ready();
     let Some(repository) = readiness.models() else {
-        return axum::Json(serde_json::json!({ "models": [] })).into_response();
+        return axum::Json(serde_json::json!({
+            "models": [],
+            "load_failures": state.models.failures(),
+        }))
+        .into_response();
     };
     let mut summaries: Vec<ModelSummary<'_>> = Vec::new();
     for model in repository.iter() {
@@ -65,9 +73,21 @@ async fn models(State(state): State<AppState>) -> Response {
             description: &model.manifest.description,
             metrics: &model.manifest.metrics,
             decision: model.decision.as_ref(),
+            loaded_at: model.loaded_at,
         });
     }
-    axum::Json(serde_json::json!({ "models": summaries })).into_response()
+    axum::Json(serde_json::json!({
+        "models": summaries,
+        "load_failures": state.models.failures(),
+    }))
+    .into_response()
+}
+
+/// `POST /v1/models/reload`: reads the model repository again now and answers what changed
+/// (`loaded`, `unloaded`, `unchanged`, `failed`); a version that fails leaves what served.
+async fn reload(State(state): State<AppState>) -> Result<Response, Error> {
+    let report = state.models.reload().await?;
+    Ok(axum::Json(report).into_response())
 }
 
 /// `GET /healthz`: the process is alive.

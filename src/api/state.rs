@@ -12,6 +12,7 @@ use crate::access::Gate;
 use crate::error::Error;
 use crate::inspector::Inspector;
 use crate::metrics::Metrics;
+use crate::model::lifecycle::ModelLifecycle;
 use crate::reviews::Reviews;
 use crate::stations::Stations;
 use crate::verdicts::Verdicts;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Who may do what, rate and in-flight limits.
     pub gate: Arc<Gate>,
+    /// The model repository's reloads and load failures.
+    pub models: Arc<ModelLifecycle>,
 }
 
 impl AppState {

@@ -16,7 +16,8 @@ pub use worker::Stacking;
 use crate::metrics::{Metrics, ModelLabels};
 
 /// Starts a model version's queue and the worker that runs its batches on `runners`; the
-/// returned handle admits requests. Both run for the life of the process.
+/// returned handle admits requests. Both run until the queue is closed ([`Queue::close`]) and
+/// emptied.
 pub fn start<R: BatchRunner>(
     config: QueueConfig,
     runners: Vec<R>,

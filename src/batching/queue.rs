@@ -118,6 +118,7 @@ enum Command {
     Append(Entry),
     NextBatch(Fill, oneshot::Sender<Vec<Entry>>),
     Relax,
+    Close,
 }
 
 /// Handle to a queue task; cheap to clone.
@@ -134,11 +135,19 @@ pub struct Queue {
 pub struct QueueStats {
     /// Recent batch compute time in microseconds (moving average), for Retry-After hints.
     batch_micros: AtomicU64,
+    /// Batches run so far (the protocol statistics' execution count).
+    batches: AtomicU64,
 }
 
 impl QueueStats {
+    /// Batches run so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
     /// Records one batch's compute time.
     pub fn record_batch(&self, took: Duration) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
         let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
         let old = self.batch_micros.load(Ordering::Relaxed);
         let new = if old == 0 {
@@ -193,6 +202,13 @@ impl Queue {
     /// Turns a pending [`Fill::Full`] ask into [`Fill::SizeOrDelay`]: a session came free.
     pub fn relax(&self) {
         let _ = self.commands.send(Command::Relax);
+    }
+
+    /// Says that no entry will be appended any more (its model version was unloaded and the
+    /// last request holding it is gone): what waits leaves in batches as they are, then the
+    /// queue ends, and with it the worker and its sessions.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
     }
 
     /// Entries waiting now.
@@ -293,6 +309,7 @@ impl Waiting {
 async fn run(mut commands: mpsc::UnboundedReceiver<Command>, config: QueueConfig) {
     let mut waiting = Waiting::default();
     let mut asking: Option<(Fill, oneshot::Sender<Vec<Entry>>)> = None;
+    let mut closing = false;
     loop {
         let closes_at = match (&asking, waiting.oldest()) {
             (Some((Fill::SizeOrDelay, _)), Some(oldest)) => Some(oldest + config.max_delay),
@@ -307,6 +324,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, config: QueueConfig
                         *fill = Fill::SizeOrDelay;
                     }
                 }
+                Some(Command::Close) => closing = true,
                 None => break,
             },
             _ = sleep_until(closes_at), if closes_at.is_some() => {}
@@ -317,7 +335,11 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, config: QueueConfig
         let due = waiting
             .oldest()
             .is_some_and(|oldest| oldest + config.max_delay <= now);
+        if closing && waiting.len() == 0 {
+            break;
+        }
         let ready = match &asking {
+            Some(_) if closing => true,
             Some((Fill::Full, _)) => full,
             Some((Fill::SizeOrDelay, _)) => full || due,
             None => false,

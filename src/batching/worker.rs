@@ -222,6 +222,7 @@ mod tests {
         queue: Queue,
         batches: Arc<Mutex<Vec<Vec<i64>>>>,
         go: std_mpsc::Sender<()>,
+        worker: JoinHandle<()>,
     }
 
     /// One gated runner, batches of `max`, a long delay so only size or a free runner close a
@@ -247,14 +248,19 @@ mod tests {
             version: "1".into(),
         };
         let stacking = Stacking { pad_id: 0, buckets };
-        spawn(
+        let worker = spawn(
             queue.clone(),
             vec![runner],
             stacking,
             Arc::new(Metrics::new()),
             labels,
         );
-        Harness { queue, batches, go }
+        Harness {
+            queue,
+            batches,
+            go,
+            worker,
+        }
     }
 
     type Answer = oneshot::Receiver<Result<EntryResult, Error>>;
@@ -380,5 +386,38 @@ mod tests {
             );
             assert_eq!(result.batch_size, 3, "padding is not counted as requests");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_queue_answers_what_waits_then_the_worker_drops_its_runner() {
+        let harness = harness(4, Duration::from_secs(30));
+        for _ in 0..2 {
+            harness.go.send(()).unwrap();
+        }
+        let waiting = [append(&harness.queue, 1), append(&harness.queue, 2)];
+        harness.queue.close();
+        for (answer, id) in waiting.into_iter().zip([1.0, 2.0]) {
+            let answered = tokio::time::timeout(Duration::from_secs(5), answer).await;
+            assert_eq!(answered.unwrap().unwrap().unwrap().logits, vec![id]);
+        }
+        tokio::time::timeout(Duration::from_secs(5), harness.worker)
+            .await
+            .expect("the worker ends once the closed queue is empty")
+            .unwrap();
+        for _ in 0..100 {
+            if Arc::strong_count(&harness.batches) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            Arc::strong_count(&harness.batches),
+            1,
+            "the runner is dropped"
+        );
+        assert!(
+            harness.queue.ask(Fill::SizeOrDelay).is_none(),
+            "the queue task has ended"
+        );
     }
 }

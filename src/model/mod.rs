@@ -1,8 +1,10 @@
 //! Models: the manifest contract, ONNX Runtime sessions, and the loaded repository.
 
+pub mod lifecycle;
 pub mod manifest;
 pub mod pipeline;
 pub mod profile;
 pub mod registry;
 pub mod runtime;
+pub mod stats;
 pub mod threading;

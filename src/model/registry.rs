@@ -1,6 +1,10 @@
 //! The model repository: every model version found under `--model-repository`, each with its
 //! own sessions, queue and worker.
 //!
+//! The set is immutable: a reload ([`super::lifecycle`]) builds a new one that shares the
+//! versions that did not change, and a version left out is unloaded when its last request
+//! finishes (its queue closes on drop, and the worker and sessions go with it).
+//!
 //! Two layouts are accepted: Triton's `<repo>/<model>/<version>/manifest.json` (the folder names
 //! give the model's address), or a single model folder with `manifest.json` at its root (the
 //! manifest's name and version are used).
@@ -8,13 +12,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
 
 use super::manifest::Manifest;
 use super::pipeline::{ModelSessions, blank_batch};
 use super::runtime::{Provider, Runtime};
+use super::stats::ModelStats;
 use super::threading::{ThreadingPlan, ThreadingRequest, available_cores};
 use crate::batching::{self, BatchBuckets, BatchRunner as _, Queue, QueueConfig, Stacking};
 use crate::decision::{DecisionPolicy, ThresholdOverride};
@@ -66,6 +71,51 @@ pub struct LoadedModel {
     pub threading: ThreadingPlan,
     /// Batch sizes batches are padded to (none on CPU).
     pub buckets: BatchBuckets,
+    /// The folder it was loaded from.
+    pub dir: PathBuf,
+    /// Its folder's files when loaded: a reload loads the version again only if they changed.
+    pub fingerprint: Fingerprint,
+    /// When it started serving.
+    pub loaded_at: chrono::DateTime<chrono::Utc>,
+    /// Its requests' counts and times (Open Inference Protocol statistics).
+    pub stats: ModelStats,
+}
+
+impl Drop for LoadedModel {
+    /// The version is out of the repository and no request holds it: what waits is answered,
+    /// then the worker ends and the sessions are freed.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// The name, size and modification time of every file in a version folder.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint(Vec<(String, u64, Option<SystemTime>)>);
+
+impl Fingerprint {
+    /// Reads the folder's files (not sub-folders such as fixtures).
+    pub fn of(dir: &Path) -> Fingerprint {
+        let mut files: Vec<(String, u64, Option<SystemTime>)> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|entry| {
+                        let meta = std::fs::metadata(entry.path()).ok()?;
+                        meta.is_file().then(|| {
+                            (
+                                entry.file_name().to_string_lossy().into_owned(),
+                                meta.len(),
+                                meta.modified().ok(),
+                            )
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        Fingerprint(files)
+    }
 }
 
 /// Which batch sizes batches are padded to (`--batch-buckets`).
@@ -137,10 +187,44 @@ pub struct Discovered {
     pub dir: PathBuf,
     /// The parsed, self-consistent manifest.
     pub manifest: Manifest,
+    /// The folder's files as found.
+    pub fingerprint: Fingerprint,
 }
 
-/// Finds and validates every manifest under `root` without opening any graph.
+/// A version folder whose manifest does not load.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// Address name (the model folder's).
+    pub name: String,
+    /// Version number (the version folder's).
+    pub version: u64,
+    /// The version folder.
+    pub dir: PathBuf,
+    /// The folder's files as found.
+    pub fingerprint: Fingerprint,
+    /// Why.
+    pub error: String,
+}
+
+/// Finds and validates every manifest under `root` without opening any graph; the first
+/// manifest that does not load is the error (at startup a broken repository is fatal).
 pub fn discover(root: &Path) -> anyhow::Result<Vec<Discovered>> {
+    let found: Vec<Discovered> = discover_each(root)?
+        .into_iter()
+        .map(|found| found.map_err(|bad| anyhow::anyhow!(bad.error)))
+        .collect::<anyhow::Result<_>>()?;
+    if found.is_empty() {
+        bail!(
+            "no model in {}: expected manifest.json there, or <model>/<version>/manifest.json",
+            root.display()
+        );
+    }
+    Ok(found)
+}
+
+/// Finds every version folder under `root`, each with its manifest or why it does not load
+/// (a reload keeps serving the rest); none found is not an error here.
+pub fn discover_each(root: &Path) -> anyhow::Result<Vec<Result<Discovered, Unreadable>>> {
     ensure!(
         root.is_dir(),
         "model repository {} is not a folder (--model-repository / KENSA_MODEL_REPOSITORY)",
@@ -150,12 +234,13 @@ pub fn discover(root: &Path) -> anyhow::Result<Vec<Discovered>> {
     );
     if root.join("manifest.json").is_file() {
         let manifest = Manifest::load(root)?;
-        return Ok(vec![Discovered {
+        return Ok(vec![Ok(Discovered {
             name: manifest.name.clone(),
             version: manifest.version,
             dir: root.to_path_buf(),
+            fingerprint: Fingerprint::of(root),
             manifest,
-        }]);
+        })]);
     }
     let mut found = Vec::new();
     for model in sorted_dirs(root)? {
@@ -167,23 +252,31 @@ pub fn discover(root: &Path) -> anyhow::Result<Vec<Discovered>> {
             if !version_dir.join("manifest.json").is_file() {
                 continue;
             }
-            let manifest = Manifest::load(&version_dir)?;
+            let fingerprint = Fingerprint::of(&version_dir);
+            let manifest = match Manifest::load(&version_dir) {
+                Ok(manifest) => manifest,
+                Err(error) => {
+                    found.push(Err(Unreadable {
+                        name: name.clone(),
+                        version,
+                        dir: version_dir,
+                        fingerprint,
+                        error: format!("{error:#}"),
+                    }));
+                    continue;
+                }
+            };
             if manifest.name != name {
                 tracing::warn!(folder = %name, manifest = %manifest.name, "model is addressed by its folder name");
             }
-            found.push(Discovered {
+            found.push(Ok(Discovered {
                 name: name.clone(),
                 version,
                 dir: version_dir,
                 manifest,
-            });
+                fingerprint,
+            }));
         }
-    }
-    if found.is_empty() {
-        bail!(
-            "no model in {}: expected manifest.json there, or <model>/<version>/manifest.json",
-            root.display()
-        );
     }
     Ok(found)
 }
@@ -303,6 +396,114 @@ pub fn batch_size(manifest: &Manifest, options: &LoadOptions) -> usize {
         .max(1)
 }
 
+/// Opens and warms one version, starts its queue and worker and says so in the log and the
+/// `kensa_model_info` gauge.
+pub async fn load_version(
+    model: Discovered,
+    runtime: &'static Runtime,
+    options: &LoadOptions,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<LoadedModel> {
+    let load_options = options.clone();
+    let job = model.clone();
+    let opened =
+        tokio::task::spawn_blocking(move || open_and_warm(runtime, &job, &load_options)).await??;
+    let labels = ModelLabels {
+        model: model.name.clone(),
+        version: model.version.to_string(),
+    };
+    let Opened {
+        pool,
+        tokenizer,
+        provider,
+        threading,
+        buckets,
+        warmup,
+    } = opened;
+    let queue = batching::start(
+        QueueConfig {
+            capacity: options.queue_capacity,
+            max_batch_size: batch_size(&model.manifest, options),
+            max_delay: options.max_delay,
+        },
+        pool,
+        Stacking {
+            pad_id: model.manifest.text.pad_id,
+            buckets: buckets.clone(),
+        },
+        Arc::clone(metrics),
+        labels,
+    );
+    let decision = model
+        .manifest
+        .decision
+        .clone()
+        .map(|spec| DecisionPolicy::new(&model.name, spec, &options.thresholds));
+    let names: Vec<String> = model
+        .manifest
+        .labels
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
+    let drift = model
+        .manifest
+        .validation_distribution
+        .as_ref()
+        .map(|reference| DriftMonitor::new(reference, &names, options.drift_window));
+    let loaded = LoadedModel {
+        name: model.name,
+        version: model.version,
+        manifest: model.manifest,
+        tokenizer,
+        queue,
+        provider,
+        decision,
+        drift,
+        threading,
+        buckets,
+        dir: model.dir,
+        fingerprint: model.fingerprint,
+        loaded_at: chrono::Utc::now(),
+        stats: ModelStats::default(),
+    };
+    tracing::info!(
+        model = %loaded.name,
+        version = loaded.version,
+        %provider,
+        cores = threading.cores,
+        sessions = threading.sessions,
+        intra_threads = threading.intra_threads,
+        spinning = threading.spinning,
+        parallel_encoders = threading.parallel_encoders,
+        automatic = threading.automatic,
+        buckets = ?loaded.buckets.sizes(),
+        max_batch_size = loaded.queue.config().max_batch_size,
+        max_queue_delay_ms = options.max_delay.as_secs_f64() * 1000.0,
+        warmup_ms = warmup.as_millis() as u64,
+        decision = loaded.decision.is_some(),
+        "model ready"
+    );
+    if let Some(policy) = &loaded.decision {
+        for entry in &policy.overrides {
+            tracing::info!(
+                model = %loaded.name,
+                version = loaded.version,
+                override = %serde_json::to_string(entry).unwrap_or_default(),
+                "decision thresholds overridden"
+            );
+        }
+    }
+    metrics
+        .model_info
+        .get_or_create(&ModelInfoLabels {
+            model: loaded.name.clone(),
+            version: loaded.version.to_string(),
+            provider: provider.to_string(),
+        })
+        .set(1);
+    Ok(loaded)
+}
+
 impl ModelRepository {
     /// Loads every version under `root`, warms it up and starts its queue and worker.
     pub async fn load(
@@ -315,100 +516,7 @@ impl ModelRepository {
         let found = tokio::task::spawn_blocking(move || discover(&root)).await??;
         let mut models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>> = BTreeMap::new();
         for model in found {
-            let load_options = options.clone();
-            let job = model.clone();
-            let opened =
-                tokio::task::spawn_blocking(move || open_and_warm(runtime, &job, &load_options))
-                    .await??;
-            let labels = ModelLabels {
-                model: model.name.clone(),
-                version: model.version.to_string(),
-            };
-            let Opened {
-                pool,
-                tokenizer,
-                provider,
-                threading,
-                buckets,
-                warmup,
-            } = opened;
-            let queue = batching::start(
-                QueueConfig {
-                    capacity: options.queue_capacity,
-                    max_batch_size: batch_size(&model.manifest, options),
-                    max_delay: options.max_delay,
-                },
-                pool,
-                Stacking {
-                    pad_id: model.manifest.text.pad_id,
-                    buckets: buckets.clone(),
-                },
-                Arc::clone(metrics),
-                labels,
-            );
-            let decision = model
-                .manifest
-                .decision
-                .clone()
-                .map(|spec| DecisionPolicy::new(&model.name, spec, &options.thresholds));
-            let names: Vec<String> = model
-                .manifest
-                .labels
-                .iter()
-                .map(|l| l.name.clone())
-                .collect();
-            let drift = model
-                .manifest
-                .validation_distribution
-                .as_ref()
-                .map(|reference| DriftMonitor::new(reference, &names, options.drift_window));
-            let loaded = LoadedModel {
-                name: model.name,
-                version: model.version,
-                manifest: model.manifest,
-                tokenizer,
-                queue,
-                provider,
-                decision,
-                drift,
-                threading,
-                buckets,
-            };
-            tracing::info!(
-                model = %loaded.name,
-                version = loaded.version,
-                %provider,
-                cores = threading.cores,
-                sessions = threading.sessions,
-                intra_threads = threading.intra_threads,
-                spinning = threading.spinning,
-                parallel_encoders = threading.parallel_encoders,
-                automatic = threading.automatic,
-                buckets = ?loaded.buckets.sizes(),
-                max_batch_size = loaded.queue.config().max_batch_size,
-                max_queue_delay_ms = options.max_delay.as_secs_f64() * 1000.0,
-                warmup_ms = warmup.as_millis() as u64,
-                decision = loaded.decision.is_some(),
-                "model ready"
-            );
-            if let Some(policy) = &loaded.decision {
-                for entry in &policy.overrides {
-                    tracing::info!(
-                        model = %loaded.name,
-                        version = loaded.version,
-                        override = %serde_json::to_string(entry).unwrap_or_default(),
-                        "decision thresholds overridden"
-                    );
-                }
-            }
-            metrics
-                .model_info
-                .get_or_create(&ModelInfoLabels {
-                    model: loaded.name.clone(),
-                    version: loaded.version.to_string(),
-                    provider: provider.to_string(),
-                })
-                .set(1);
+            let loaded = load_version(model, runtime, options, metrics).await?;
             models
                 .entry(loaded.name.clone())
                 .or_default()
@@ -416,6 +524,23 @@ impl ModelRepository {
         }
         warn_unused_overrides(&options.thresholds, &models);
         Ok(ModelRepository { models })
+    }
+
+    /// A repository of these versions (a reload's result).
+    pub fn from_versions(versions: impl IntoIterator<Item = Arc<LoadedModel>>) -> ModelRepository {
+        let mut models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>> = BTreeMap::new();
+        for model in versions {
+            models
+                .entry(model.name.clone())
+                .or_default()
+                .insert(model.version, model);
+        }
+        ModelRepository { models }
+    }
+
+    /// One loaded version, if it is.
+    pub fn find(&self, name: &str, version: u64) -> Option<&Arc<LoadedModel>> {
+        self.models.get(name)?.get(&version)
     }
 
     /// The requested model, or the only one when none is named; the newest version unless one

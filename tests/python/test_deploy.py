@@ -23,13 +23,14 @@ import numpy as np
 import tritonclient.http as httpclient
 import yaml
 
-from conftest import MODEL, ROOT, Kensa, samples, start_kensa
+from conftest import DEMO, MODEL, ROOT, Kensa, samples, start_kensa
 
 DEPLOY = ROOT / "deploy"
 PROMQL_WORDS = {
     "sum",
     "by",
     "rate",
+    "increase",
     "max",
     "min",
     "histogram_quantile",
@@ -152,8 +153,9 @@ def base_name(metric: str) -> str:
     return re.sub(r"_(bucket|sum|count)$", "", metric)
 
 
-def drive_every_metric_family(server: Kensa) -> None:
-    """Verdicts enough for the drift gauges (V2 batches), one refused request."""
+def drive_every_metric_family(server: Kensa, repository: Path) -> None:
+    """Verdicts enough for the drift gauges (V2 batches), one refused request, one version that
+    fails to load on a reload."""
     client = httpclient.InferenceServerClient(url=server.http)
     shots = samples()
     for round_ in range(12):
@@ -176,6 +178,12 @@ def drive_every_metric_family(server: Kensa) -> None:
         urllib.request.urlopen(refused, timeout=30)
     except urllib.error.HTTPError as error:
         assert error.code == 400
+    broken = repository / MODEL / "2"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{")
+    reload = urllib.request.Request(f"http://{server.http}/v1/models/reload", method="POST")
+    with urllib.request.urlopen(reload, timeout=60) as response:
+        assert json.loads(response.read())["failed"][0]["version"] == 2
 
 
 def test_every_metric_of_the_dashboard_and_the_rules_exists(tmp_path: Path) -> None:
@@ -186,9 +194,17 @@ def test_every_metric_of_the_dashboard_and_the_rules_exists(tmp_path: Path) -> N
     rules = documents(DEPLOY / "prometheus" / "kensa-rules.yml")[0]
     wanted |= metric_names([rule["expr"] for group in rules["groups"] for rule in group["rules"]])
     mqtt = os.environ.get("KENSA_TEST_MQTT", "127.0.0.1:1883")
-    extra = [f"--mqtt={mqtt}", "--mqtt-topic-prefix=kensa-deploy-test", "--drift-window=100"]
-    with start_kensa(tmp_path, extra) as server:
-        drive_every_metric_family(server)
+    repository = tmp_path / "repository"
+    (repository / MODEL).mkdir(parents=True)
+    (repository / MODEL / "1").symlink_to(DEMO)
+    extra = [
+        f"--mqtt={mqtt}",
+        "--mqtt-topic-prefix=kensa-deploy-test",
+        "--drift-window=100",
+        f"--model-repository={repository}",
+    ]
+    with start_kensa(tmp_path / "data", extra) as server:
+        drive_every_metric_family(server, repository)
         with urllib.request.urlopen(f"http://{server.http}/metrics", timeout=30) as response:
             text = response.read().decode()
     present = {

@@ -148,3 +148,59 @@ def test_errors_come_back_in_the_protocol_format(kensa: Kensa, mode: str) -> Non
         client.infer(MODEL, [wrong, note])
     with pytest.raises(InferenceServerException, match="no-such-model"):
         client.infer("no-such-model", [note])
+
+
+def test_http_model_management(kensa: Kensa) -> None:
+    """Model configuration, statistics and the repository index as tritonclient reads them."""
+    client = httpclient.InferenceServerClient(url=kensa.http)
+    config = client.get_model_config(MODEL)
+    assert config["name"] == MODEL
+    assert config["max_batch_size"] >= 1
+    assert "max_queue_delay_microseconds" in config["dynamic_batching"]
+    inputs = {t["name"]: t for t in config["input"]}
+    assert inputs["image"]["data_type"] == "TYPE_STRING"
+    assert not inputs["image"]["optional"] and inputs["note"]["optional"]
+    outputs = {t["name"]: t for t in config["output"]}
+    assert outputs["probabilities"] == {
+        "name": "probabilities",
+        "data_type": "TYPE_FP32",
+        "dims": [len(labels())],
+    }
+
+    before = client.get_inference_statistics(MODEL)["model_stats"][0]
+    kensa.native(samples()[0], "stats-http")
+    after = client.get_inference_statistics(MODEL)["model_stats"][0]
+    assert after["inference_stats"]["success"]["count"] == (
+        before["inference_stats"]["success"]["count"] + 1
+    )
+    assert after["inference_stats"]["queue"]["ns"] >= before["inference_stats"]["queue"]["ns"]
+    assert after["inference_stats"]["compute_infer"]["ns"] > 0
+    assert after["execution_count"] >= 1 and after["last_inference"] > 0
+
+    index = client.get_model_repository_index()
+    assert {"name": MODEL, "version": "1", "state": "READY", "reason": ""} in index
+    with pytest.raises(InferenceServerException, match="repository"):
+        client.unload_model(MODEL)
+    client.load_model(MODEL)
+    assert client.is_model_ready(MODEL)
+
+
+def test_grpc_model_management(kensa: Kensa) -> None:
+    client = grpcclient.InferenceServerClient(url=kensa.grpc)
+    config = client.get_model_config(MODEL).config
+    assert config.name == MODEL and config.max_batch_size >= 1
+    assert [t.name for t in config.input] == ["image", "note", "station_id", "inspection_id"]
+    assert [t.optional for t in config.input] == [False, True, True, True]
+    assert list(config.output[2].dims) == [len(labels())]
+
+    before = client.get_inference_statistics(MODEL).model_stats[0]
+    kensa.native(samples()[1], "stats-grpc")
+    after = client.get_inference_statistics(MODEL).model_stats[0]
+    assert after.inference_stats.success.count == before.inference_stats.success.count + 1
+    assert after.inference_stats.compute_infer.ns > 0
+
+    index = client.get_model_repository_index().models
+    assert [(m.name, m.version, m.state) for m in index] == [(MODEL, "1", "READY")]
+    with pytest.raises(InferenceServerException, match="repository"):
+        client.unload_model(MODEL)
+    client.load_model(MODEL)

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use super::management;
 use super::model::{self, EXTENSIONS, InferCall, InferOutcome, SERVER_NAME};
 use super::tensors::{InputTensor, TensorData};
 use crate::access::Caller;
@@ -35,6 +36,81 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route("/v2/models/{name}/config", get(model_config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(model_config),
+        )
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/models/{name}/stats", get(statistics))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(statistics),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(load))
+        .route("/v2/repository/models/{name}/unload", post(unload))
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]/config`: the model as Triton configures one.
+async fn model_config(
+    State(state): State<AppState>,
+    Path(path): Path<ModelPath>,
+) -> Result<Response, Error> {
+    let config = management::model_config(&state.inspector, &path.name, &path.version)?;
+    Ok(axum::Json(config.to_json()).into_response())
+}
+
+/// `GET /v2/models/stats`: statistics of every loaded version.
+async fn all_statistics(State(state): State<AppState>) -> Result<Response, Error> {
+    stats_response(management::statistics(&state.inspector, "", "")?)
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]/stats`.
+async fn statistics(
+    State(state): State<AppState>,
+    Path(path): Path<ModelPath>,
+) -> Result<Response, Error> {
+    stats_response(management::statistics(
+        &state.inspector,
+        &path.name,
+        &path.version,
+    )?)
+}
+
+fn stats_response(stats: Vec<management::VersionStatistics>) -> Result<Response, Error> {
+    let entries: Vec<serde_json::Value> = stats.iter().map(|s| s.to_json()).collect();
+    Ok(axum::Json(serde_json::json!({ "model_stats": entries })).into_response())
+}
+
+/// Body of `POST /v2/repository/index` (may be empty).
+#[derive(Debug, Default, Deserialize)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+/// `POST /v2/repository/index`: every version that serves or failed to load.
+async fn repository_index(State(state): State<AppState>, body: Bytes) -> Result<Response, Error> {
+    let asked: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest(format!("repository index request: {e}")))?
+    };
+    let index = management::repository_index(&state.inspector, &state.models, asked.ready);
+    Ok(axum::Json(index).into_response())
+}
+
+/// `POST /v2/repository/models/{name}/load`: reads the repository again.
+async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, Error> {
+    management::load(&state.inspector, &state.models, &name).await?;
+    Ok(axum::Json(serde_json::json!({})).into_response())
+}
+
+/// `POST /v2/repository/models/{name}/unload`: refused, with what to do instead.
+async fn unload(Path(name): Path<String>) -> Error {
+    management::unload(&name)
 }
 
 /// A model address from the path; no version means the newest.

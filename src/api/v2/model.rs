@@ -170,7 +170,11 @@ pub struct InferOutcome {
 }
 
 /// The loaded model a protocol request names; an empty version means the newest.
-fn resolve(inspector: &Inspector, name: &str, version: &str) -> Result<Arc<LoadedModel>, Error> {
+pub fn resolve(
+    inspector: &Inspector,
+    name: &str,
+    version: &str,
+) -> Result<Arc<LoadedModel>, Error> {
     let models = inspector
         .readiness()
         .models()
