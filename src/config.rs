@@ -18,6 +18,7 @@ use crate::decision::ThresholdOverride;
 use crate::edge::EdgeArgs;
 use crate::inspector::Limits;
 use crate::model::registry::{BucketChoice, LoadOptions};
+use crate::model::routing::{VersionPolicy, VersionRoute};
 use crate::model::runtime::RuntimeOptions;
 use crate::model::threading::ThreadingRequest;
 use crate::preprocess::image::ImageLimits;
@@ -114,6 +115,13 @@ pub struct ModelArgs {
     /// distribution in the manifest.
     #[arg(long, env = "KENSA_DRIFT_WINDOW", default_value_t = 1000)]
     pub drift_window: usize,
+    /// Which version folders of each model are loaded: all, latest:N (the newest N) or
+    /// specific:1,3.
+    #[arg(long, env = "KENSA_VERSION_POLICY", default_value = "all", value_parser = VersionPolicy::parse)]
+    pub version_policy: VersionPolicy,
+    /// The version a station or line gets, from the `--config` file's `[[versions]]` tables.
+    #[arg(skip)]
+    pub version_routes: Vec<VersionRoute>,
     /// Decision threshold overrides, from the `--config` file's `[[thresholds]]` tables.
     #[arg(skip)]
     pub thresholds: Vec<ThresholdOverride>,
@@ -135,6 +143,8 @@ impl ModelArgs {
             warmup_batches: self.warmup_batches,
             thresholds: self.thresholds.clone(),
             drift_window: self.drift_window,
+            version_policy: self.version_policy.clone(),
+            version_routes: self.version_routes.clone(),
         }
     }
 }
@@ -473,6 +483,8 @@ pub fn parse() -> anyhow::Result<Cli> {
 
 /// The `[[thresholds]]` key of the configuration file.
 const THRESHOLDS: &str = "thresholds";
+/// The `[[versions]]` key of the configuration file.
+const VERSIONS: &str = "versions";
 
 /// Parses `args` as the command line: flags, then the `--config` file's settings for unset
 /// flags and its `[[thresholds]]` tables. Exits with usage on a bad flag, like any CLI.
@@ -481,11 +493,14 @@ pub fn parse_from(args: Vec<OsString>) -> anyhow::Result<Cli> {
     let mut cli = Cli::parse_from(with_config_file(args)?);
     if let Some(file) = file {
         let thresholds = thresholds_in(&file)?;
-        match &mut cli.command {
-            Command::Serve(serve) => serve.model.thresholds = thresholds,
-            Command::Check(check) => check.model.thresholds = thresholds,
-            Command::Infer(infer) => infer.model.thresholds = thresholds,
-        }
+        let routes = version_routes_in(&file)?;
+        let model = match &mut cli.command {
+            Command::Serve(serve) => &mut serve.model,
+            Command::Check(check) => &mut check.model,
+            Command::Infer(infer) => &mut infer.model,
+        };
+        model.thresholds = thresholds;
+        model.version_routes = routes;
     }
     Ok(cli)
 }
@@ -515,6 +530,25 @@ fn thresholds_in(file: &Path) -> anyhow::Result<Vec<ThresholdOverride>> {
     Ok(entries)
 }
 
+/// The `[[versions]]` tables of a configuration file, checked.
+fn version_routes_in(file: &Path) -> anyhow::Result<Vec<VersionRoute>> {
+    let Some(value) = read_settings(file)?.remove(VERSIONS) else {
+        return Ok(Vec::new());
+    };
+    let entries: Vec<VersionRoute> = value.try_into().with_context(|| {
+        format!(
+            "{}: [[versions]] entries take station or line, model and version",
+            file.display()
+        )
+    })?;
+    for (i, entry) in entries.iter().enumerate() {
+        entry
+            .validate()
+            .with_context(|| format!("{}: [[versions]] entry {}", file.display(), i + 1))?;
+    }
+    Ok(entries)
+}
+
 /// Inserts `--key=value` for each file setting whose flag has no environment variable set, right
 /// after the subcommand, so flags given on the command line (later) override them.
 pub fn with_config_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
@@ -530,6 +564,7 @@ pub fn with_config_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     };
     let mut settings = read_settings(&file)?;
     settings.remove(THRESHOLDS);
+    settings.remove(VERSIONS);
     let mut injected = Vec::new();
     for (key, value) in settings {
         let flag = key.replace('_', "-");

@@ -510,9 +510,12 @@ impl Inspector {
     async fn infer(&self, request: InspectionRequest) -> Result<(Verdict, Option<Vec<u8>>), Error> {
         let received = Instant::now();
         let received_at = Utc::now();
-        let model = self
-            .ready_models()?
-            .get(request.model.as_deref(), request.model_version)?;
+        let model = self.ready_models()?.get_routed(
+            request.model.as_deref(),
+            request.model_version,
+            &request.station_id,
+            request.metadata.get("line").map(String::as_str),
+        )?;
         let span = tracing::Span::current();
         span.record("model", model.name.as_str());
         span.record("version", model.version);

@@ -222,3 +222,61 @@ async fn the_repository_poll_finds_a_new_version_and_a_reload_never_empties_it()
         .await;
     assert_eq!(unit.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_station_runs_its_version_and_the_policy_picks_what_loads() {
+    let repository = tempfile::tempdir().unwrap();
+    for version in 1..=3 {
+        add_version(repository.path(), version);
+    }
+    let config = repository.path().join("kensa.toml");
+    std::fs::write(
+        &config,
+        "version-policy = \"latest:2\"\n\
+         [[versions]]\nstation = \"canary\"\nversion = 2\n\
+         [[versions]]\nline = \"L9\"\nmodel = \"kensa-demo\"\nversion = 2\n\
+         [[versions]]\nstation = \"retired\"\nversion = 1\n",
+    )
+    .unwrap();
+    let server = TestServer::start(&[
+        &format!("--model-repository={}", repository.path().display()),
+        &format!("--config={}", config.display()),
+    ])
+    .await;
+    assert_eq!(served_versions(&server).await, serde_json::json!([2, 3]));
+    let models: Value = server.get_json("/v1/models").await;
+    assert_eq!(models["version_policy"], "latest:2");
+    assert_eq!(models["version_routes"][0]["station"], "canary");
+
+    let version_for = |station: &'static str, fields: Vec<(&'static str, &'static str)>| {
+        let server = &server;
+        async move {
+            let unit = format!("{station}-{}", fields.len());
+            let mut all = vec![("station_id", station), ("inspection_id", unit.as_str())];
+            all.extend(fields);
+            let sample = &samples()[0];
+            all.push(("note", sample.note.as_str()));
+            let response = server.post_unit("", &sample.image, &all).await;
+            assert_eq!(response.status(), 200);
+            let verdict: Value = response.json().await.unwrap();
+            verdict["model_version"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(version_for("canary", vec![]).await, 2, "the canary's route");
+    assert_eq!(version_for("aoi-01", vec![]).await, 3, "the rest: newest");
+    assert_eq!(
+        version_for("aoi-02", vec![("line", "L9")]).await,
+        2,
+        "a line route"
+    );
+    assert_eq!(
+        version_for("canary", vec![("model_version", "3")]).await,
+        3,
+        "a pinned request wins"
+    );
+    assert_eq!(
+        version_for("retired", vec![]).await,
+        3,
+        "a route to a version not loaded falls back to the newest"
+    );
+}

@@ -79,6 +79,8 @@ async fn models(State(state): State<AppState>) -> Response {
     axum::Json(serde_json::json!({
         "models": summaries,
         "load_failures": state.models.failures(),
+        "version_policy": state.models.version_policy().to_string(),
+        "version_routes": repository.routes(),
     }))
     .into_response()
 }

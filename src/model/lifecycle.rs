@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::{
     Fingerprint, LoadOptions, LoadedModel, ModelRepository, discover_each, load_version,
 };
+use super::routing::VersionPolicy;
 use super::runtime::Runtime;
 use crate::error::Error;
 use crate::inspector::Readiness;
@@ -118,6 +119,11 @@ impl ModelLifecycle {
         Ok(())
     }
 
+    /// Which discovered versions are loaded.
+    pub fn version_policy(&self) -> &VersionPolicy {
+        &self.options.version_policy
+    }
+
     /// Versions whose current files do not load.
     pub fn failures(&self) -> Vec<LoadFailure> {
         self.failures
@@ -140,6 +146,13 @@ impl ModelLifecycle {
             .await
             .map_err(|e| Error::Internal(format!("repository scan panicked: {e}")))?
             .map_err(|e| Error::Internal(format!("cannot read the model repository: {e:#}")))?;
+        let scan = self
+            .options
+            .version_policy
+            .select(scan, |found| match found {
+                Ok(found) => (found.name.as_str(), found.version),
+                Err(bad) => (bad.name.as_str(), bad.version),
+            });
 
         let mut report = ReloadReport::default();
         let mut next: Vec<Arc<LoadedModel>> = Vec::new();
@@ -227,7 +240,7 @@ impl ModelLifecycle {
                 "the repository holds no model that loads; the models in service stay".into(),
             ));
         }
-        let next = ModelRepository::from_versions(next);
+        let next = ModelRepository::from_versions(next, self.options.version_routes.clone());
         for gone in current.iter().filter(|m| {
             next.find(&m.name, m.version)
                 .is_none_or(|n| !Arc::ptr_eq(n, m))

@@ -5,6 +5,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod profile;
 pub mod registry;
+pub mod routing;
 pub mod runtime;
 pub mod stats;
 pub mod threading;

@@ -18,6 +18,7 @@ use anyhow::{Context, bail, ensure};
 
 use super::manifest::Manifest;
 use super::pipeline::{ModelSessions, blank_batch};
+use super::routing::{VersionPolicy, VersionRoute, routed_version};
 use super::runtime::{Provider, Runtime};
 use super::stats::ModelStats;
 use super::threading::{ThreadingPlan, ThreadingRequest, available_cores};
@@ -47,6 +48,10 @@ pub struct LoadOptions {
     pub thresholds: Vec<ThresholdOverride>,
     /// Recent verdicts the drift gauges compare with validation.
     pub drift_window: usize,
+    /// Which discovered versions are loaded.
+    pub version_policy: VersionPolicy,
+    /// The version a station or line gets when a request names none.
+    pub version_routes: Vec<VersionRoute>,
 }
 
 /// One model version, loaded and serving.
@@ -171,9 +176,10 @@ impl LoadedModel {
     }
 }
 
-/// Every loaded model version by name, then version.
+/// Every loaded model version by name, then version, and the configured version routes.
 pub struct ModelRepository {
     models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>>,
+    routes: Vec<VersionRoute>,
 }
 
 /// A model version found on disk, not yet loaded.
@@ -514,6 +520,9 @@ impl ModelRepository {
     ) -> anyhow::Result<ModelRepository> {
         let root = root.to_path_buf();
         let found = tokio::task::spawn_blocking(move || discover(&root)).await??;
+        let found = options
+            .version_policy
+            .select(found, |f| (f.name.as_str(), f.version));
         let mut models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>> = BTreeMap::new();
         for model in found {
             let loaded = load_version(model, runtime, options, metrics).await?;
@@ -523,11 +532,17 @@ impl ModelRepository {
                 .insert(loaded.version, Arc::new(loaded));
         }
         warn_unused_overrides(&options.thresholds, &models);
-        Ok(ModelRepository { models })
+        Ok(ModelRepository {
+            models,
+            routes: options.version_routes.clone(),
+        })
     }
 
-    /// A repository of these versions (a reload's result).
-    pub fn from_versions(versions: impl IntoIterator<Item = Arc<LoadedModel>>) -> ModelRepository {
+    /// A repository of these versions (a reload's result) with the configured routes.
+    pub fn from_versions(
+        versions: impl IntoIterator<Item = Arc<LoadedModel>>,
+        routes: Vec<VersionRoute>,
+    ) -> ModelRepository {
         let mut models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>> = BTreeMap::new();
         for model in versions {
             models
@@ -535,7 +550,30 @@ impl ModelRepository {
                 .or_default()
                 .insert(model.version, model);
         }
-        ModelRepository { models }
+        ModelRepository { models, routes }
+    }
+
+    /// Like [`Self::get`], but a request that names no version gets the version its station
+    /// or line is routed to (`[[versions]]`), when that version is loaded.
+    pub fn get_routed(
+        &self,
+        name: Option<&str>,
+        version: Option<u64>,
+        station: &str,
+        line: Option<&str>,
+    ) -> Result<Arc<LoadedModel>, Error> {
+        if version.is_some() || self.routes.is_empty() {
+            return self.get(name, version);
+        }
+        let newest = self.get(name, None)?;
+        let routed = routed_version(&self.routes, &newest.name, station, line)
+            .and_then(|v| self.find(&newest.name, v));
+        Ok(routed.cloned().unwrap_or(newest))
+    }
+
+    /// The configured version routes.
+    pub fn routes(&self) -> &[VersionRoute] {
+        &self.routes
     }
 
     /// One loaded version, if it is.
