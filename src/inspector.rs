@@ -546,6 +546,7 @@ impl Inspector {
             deadline,
             respond,
             permit: place,
+            span: tracing::Span::current(),
         })?;
         let result = match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result?,

@@ -165,6 +165,8 @@ pub struct Metrics {
     pub batch_size: Family<ModelLabels, Histogram>,
     /// Entries waiting in each model's queue.
     pub queue_depth: Family<ModelLabels, Gauge>,
+    /// Requests whose caller went away before their batch ran (dropped, not run).
+    pub abandoned: Family<ModelLabels, Counter>,
     /// Time from queueing to the start of the batch.
     pub queue_seconds: ModelSeconds,
     /// Decode, resize and tokenize time per request.
@@ -359,8 +361,14 @@ impl Metrics {
         let queue_depth = Family::<ModelLabels, Gauge>::default();
         kensa.register(
             "queue_depth",
-            "Requests waiting in the batch queue",
+            "Requests waiting in the batch queue, set by the queue as it changes",
             queue_depth.clone(),
+        );
+        let abandoned = Family::<ModelLabels, Counter>::default();
+        kensa.register(
+            "abandoned_requests",
+            "Queued requests dropped unrun because their caller had gone (disconnected or timed out)",
+            abandoned.clone(),
         );
         let queue_seconds = ModelSeconds::new_with_constructor(latency_histogram);
         kensa.register(
@@ -526,6 +534,7 @@ impl Metrics {
             drift,
             batch_size,
             queue_depth,
+            abandoned,
             queue_seconds,
             preprocess_seconds,
             inference_seconds,

@@ -109,15 +109,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: the Prometheus text format 0.0.4, or OpenMetrics when the scraper's
 /// `Accept` asks for it (Prometheus does; `promtool` and `curl` get the classic format).
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(repository) = state.inspector.readiness().models() {
-        for model in repository.iter() {
-            state
-                .metrics
-                .queue_depth
-                .get_or_create(&model.labels())
-                .set(model.queue.depth() as i64);
-        }
-    }
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use batch::{BatchInput, BatchOutput, BatchRunner, GraphTimes};
 pub use buckets::BatchBuckets;
-pub use queue::{Entry, Fill, Priority, Queue, QueueConfig};
+pub use queue::{Entry, Fill, Priority, Queue, QueueConfig, QueueMetrics};
 pub use worker::Stacking;
 
 use crate::metrics::{Metrics, ModelLabels};
@@ -25,7 +25,13 @@ pub fn start<R: BatchRunner>(
     metrics: Arc<Metrics>,
     labels: ModelLabels,
 ) -> Queue {
-    let queue = Queue::spawn(config);
+    let queue = Queue::spawn(
+        config,
+        QueueMetrics {
+            depth: metrics.queue_depth.get_or_create(&labels).clone(),
+            abandoned: metrics.abandoned.get_or_create(&labels).clone(),
+        },
+    );
     worker::spawn(queue.clone(), runners, stacking, metrics, labels);
     queue
 }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -43,6 +45,8 @@ pub struct Entry {
     pub respond: oneshot::Sender<Result<EntryResult, Error>>,
     /// The entry's place in the queue.
     pub permit: OwnedSemaphorePermit,
+    /// The request's span: the batch that runs the entry links to it.
+    pub span: tracing::Span,
 }
 
 /// One request's share of a batch result.
@@ -121,6 +125,16 @@ enum Command {
     Close,
 }
 
+/// What the queue task reports as it goes: entries waiting (set on every change, not at
+/// scrape time) and entries dropped because their caller had gone.
+#[derive(Debug, Clone, Default)]
+pub struct QueueMetrics {
+    /// Entries waiting now.
+    pub depth: Gauge,
+    /// Entries whose caller went away before their batch ran.
+    pub abandoned: Counter,
+}
+
 /// Handle to a queue task; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -128,6 +142,7 @@ pub struct Queue {
     places: Arc<Semaphore>,
     config: QueueConfig,
     stats: Arc<QueueStats>,
+    metrics: QueueMetrics,
 }
 
 /// Figures the queue shares with its callers without a round trip to the task.
@@ -161,16 +176,22 @@ impl QueueStats {
 
 impl Queue {
     /// Starts the queue task on the current runtime.
-    pub fn spawn(config: QueueConfig) -> Queue {
+    pub fn spawn(config: QueueConfig, metrics: QueueMetrics) -> Queue {
         let (commands, receiver) = mpsc::unbounded_channel();
         let places = Arc::new(Semaphore::new(config.capacity));
-        tokio::spawn(run(receiver, config.clone()));
+        tokio::spawn(run(receiver, config.clone(), metrics.clone()));
         Queue {
             commands,
             places,
             config,
             stats: Arc::default(),
+            metrics,
         }
+    }
+
+    /// Counts entries found abandoned when their batch was formed.
+    pub fn count_abandoned(&self, entries: usize) {
+        self.metrics.abandoned.inc_by(entries as u64);
     }
 
     /// Reserves a place, or refuses at once when the queue is full.
@@ -271,13 +292,16 @@ impl Waiting {
         urgent.into_iter().chain(normal).min()
     }
 
-    /// Answers expired entries with 504 and forgets those whose caller went away.
-    fn prune(&mut self, now: Instant) {
+    /// Answers expired entries with 504 and forgets those whose caller went away; returns how
+    /// many were abandoned.
+    fn prune(&mut self, now: Instant) -> usize {
+        let mut abandoned = 0;
         for level in [&mut self.urgent, &mut self.normal] {
             let kept: VecDeque<Entry> = level
                 .drain(..)
                 .filter_map(|entry| {
                     if entry.respond.is_closed() {
+                        abandoned += 1;
                         None
                     } else if entry.deadline <= now {
                         let deadline = entry.deadline.saturating_duration_since(entry.queued_at);
@@ -292,6 +316,7 @@ impl Waiting {
                 .collect();
             *level = kept;
         }
+        abandoned
     }
 
     fn take(&mut self, max: usize) -> Vec<Entry> {
@@ -306,7 +331,11 @@ impl Waiting {
     }
 }
 
-async fn run(mut commands: mpsc::UnboundedReceiver<Command>, config: QueueConfig) {
+async fn run(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    config: QueueConfig,
+    metrics: QueueMetrics,
+) {
     let mut waiting = Waiting::default();
     let mut asking: Option<(Fill, oneshot::Sender<Vec<Entry>>)> = None;
     let mut closing = false;
@@ -330,7 +359,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, config: QueueConfig
             _ = sleep_until(closes_at), if closes_at.is_some() => {}
         }
         let now = Instant::now();
-        waiting.prune(now);
+        metrics.abandoned.inc_by(waiting.prune(now) as u64);
         let full = waiting.len() >= config.max_batch_size;
         let due = waiting
             .oldest()
@@ -352,7 +381,9 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, config: QueueConfig
                 }
             }
         }
+        metrics.depth.set(waiting.len() as i64);
     }
+    metrics.depth.set(0);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -366,11 +397,14 @@ mod tests {
     use super::*;
 
     fn queue(capacity: usize, max_batch_size: usize, max_delay: Duration) -> Queue {
-        Queue::spawn(QueueConfig {
-            capacity,
-            max_batch_size,
-            max_delay,
-        })
+        Queue::spawn(
+            QueueConfig {
+                capacity,
+                max_batch_size,
+                max_delay,
+            },
+            QueueMetrics::default(),
+        )
     }
 
     fn entry(
@@ -389,6 +423,7 @@ mod tests {
             deadline: now + deadline,
             respond,
             permit: queue.reserve().expect("a free place"),
+            span: tracing::Span::none(),
         };
         (entry, receiver)
     }
@@ -506,5 +541,11 @@ mod tests {
             expired_answer.await,
             Ok(Err(Error::DeadlineExceeded { .. }))
         ));
+        assert_eq!(
+            queue.metrics.abandoned.get(),
+            1,
+            "the abandoned one is counted"
+        );
+        assert_eq!(queue.metrics.depth.get(), 0, "the queue says what waits");
     }
 }

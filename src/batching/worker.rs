@@ -119,9 +119,21 @@ fn run_batch(
     metrics: &Metrics,
     labels: &ModelLabels,
 ) {
-    if entries.iter().all(|e| e.respond.is_closed()) {
+    let abandoned = entries.iter().filter(|e| e.respond.is_closed()).count();
+    queue.count_abandoned(abandoned);
+    if abandoned == entries.len() {
         return;
     }
+    let batch_span = tracing::debug_span!(
+        "batch",
+        model = %labels.model,
+        version = %labels.version,
+        size = entries.len(),
+    );
+    for entry in &entries {
+        batch_span.follows_from(entry.span.id());
+    }
+    let _in_batch = batch_span.enter();
     let started = Instant::now();
     let images: Vec<&[f32]> = entries.iter().map(|e| e.pixels.as_slice()).collect();
     let notes: Vec<&[i64]> = entries.iter().map(|e| e.input_ids.as_slice()).collect();
@@ -181,7 +193,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::batching::queue::{EntryResult, Priority, QueueConfig};
+    use crate::batching::queue::{EntryResult, Priority, QueueConfig, QueueMetrics};
 
     /// Token id that makes the fake runner fail the whole batch.
     const POISON: i64 = -1;
@@ -232,11 +244,14 @@ mod tests {
     }
 
     fn harness_with(max: usize, max_delay: Duration, buckets: BatchBuckets) -> Harness {
-        let queue = Queue::spawn(QueueConfig {
-            capacity: 64,
-            max_batch_size: max,
-            max_delay,
-        });
+        let queue = Queue::spawn(
+            QueueConfig {
+                capacity: 64,
+                max_batch_size: max,
+                max_delay,
+            },
+            QueueMetrics::default(),
+        );
         let batches = Arc::default();
         let (go, gate) = std_mpsc::channel();
         let runner = FakeRunner {
@@ -277,6 +292,7 @@ mod tests {
                 deadline: now + Duration::from_secs(30),
                 respond,
                 permit: queue.reserve().unwrap(),
+                span: tracing::Span::none(),
             })
             .unwrap();
         answer
