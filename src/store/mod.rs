@@ -14,6 +14,7 @@
 //! [`StationActivity`] (the operator page's line overview).
 
 pub mod activity;
+pub mod dialect;
 pub mod follow;
 pub mod health;
 pub mod memory;

@@ -38,8 +38,9 @@ use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::dialect::Dialect;
 use super::migrations::{self, CREATE_TABLE};
-use super::query::{Dialect, Param};
+use super::query::Param;
 use super::record::{RawRow, decode, now_ms};
 use super::retention::{Pruned, RetentionPolicy};
 use super::sql;

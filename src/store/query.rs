@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use super::dialect::Dialect;
 use super::record::StoredVerdict;
 use crate::decision::Disposition;
 
@@ -80,25 +81,6 @@ pub enum Param<'a> {
     Text(Cow<'a, str>),
     /// Text or NULL.
     MaybeText(Option<&'a str>),
-}
-
-/// How a backend writes the n-th (1-based) parameter.
-#[derive(Debug, Clone, Copy)]
-pub enum Dialect {
-    /// `?1`, `?2`, ...
-    Sqlite,
-    /// `$1`, `$2`, ...
-    Postgres,
-}
-
-impl Dialect {
-    /// The placeholder of the n-th parameter.
-    pub fn mark(self, n: usize) -> String {
-        match self {
-            Dialect::Sqlite => format!("?{n}"),
-            Dialect::Postgres => format!("${n}"),
-        }
-    }
 }
 
 /// The columns every read selects, in the order the backends decode them: the verdict, whether

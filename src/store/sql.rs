@@ -3,7 +3,8 @@
 
 use std::borrow::Cow;
 
-use super::query::{COLUMNS, Dialect, Param};
+use super::dialect::Dialect;
+use super::query::{COLUMNS, Param};
 use super::record::NewVerdict;
 use super::to_sql_int;
 

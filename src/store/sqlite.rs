@@ -22,8 +22,9 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::dialect::Dialect;
 use super::migrations::{self, CREATE_TABLE};
-use super::query::{Dialect, Param};
+use super::query::Param;
 use super::record::{RawRow, decode, now_ms};
 use super::retention::{Pruned, RetentionPolicy};
 use super::sql::{self, for_sqlite};

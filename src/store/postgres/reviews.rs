@@ -3,7 +3,7 @@
 //! (as verdict cursors do); reviews are rare, so they need no group commit.
 
 use super::{PostgresStore, corrupt, unavailable};
-use crate::store::query::Dialect;
+use crate::store::dialect::Dialect;
 use crate::store::reviews::{self, Agreement, Outcome, Review, ReviewInserted, ReviewStore};
 use crate::store::{StoreError, to_sql_int};
 

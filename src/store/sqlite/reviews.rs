@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, unavailable};
-use crate::store::query::Dialect;
+use crate::store::dialect::Dialect;
 use crate::store::reviews::{self, Agreement, Outcome, Review, ReviewInserted, ReviewStore};
 use crate::store::sql::for_sqlite;
 use crate::store::{StoreError, to_sql_int};
