@@ -39,13 +39,16 @@
   }
 
   async function request(path, options = {}) {
+    const sent = sessionStorage.getItem(TOKEN_KEY);
     let response = await fetch(path, withToken(options));
     if (response.status === 401) {
-      const token = window.prompt('kensa asks for a client token (operator and mes scopes):');
-      if (token) {
-        sessionStorage.setItem(TOKEN_KEY, token.trim());
-        response = await fetch(path, withToken(options));
+      // Requests refused together ask once: the first asks, the rest find the new token.
+      let token = sessionStorage.getItem(TOKEN_KEY);
+      if (!token || token === sent) {
+        token = window.prompt('kensa asks for a client token (operator and mes scopes):');
+        if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
       }
+      if (token) response = await fetch(path, withToken(options));
     }
     if (!response.ok) {
       let message = `${response.status} ${response.statusText}`;

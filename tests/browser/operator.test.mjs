@@ -6,82 +6,17 @@
 // binary, CHROMIUM another browser).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
-import { chromium } from 'playwright-core';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '../..');
-const demo = path.join(root, 'models/demo');
-const shots = path.join(here, 'screenshots');
-const binary = process.env.KENSA_BIN || path.join(root, 'target/debug/kensa');
-const browserPath = process.env.CHROMIUM || '/usr/bin/chromium';
-
-/** Normal fixtures pass (0.91), voids go to review (0.96 < 0.975), oversize and offset fail. */
-const DECISION = {
-  temperature: 1.0,
-  pass_threshold: 0.85,
-  fail_threshold: 0.975,
-  target_missed_defect_rate: 0.01,
-  validation: { split: 'test fixture', n: 10 },
-};
-
-const samples = readFileSync(path.join(demo, 'fixtures/samples.jsonl'), 'utf8')
-  .split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
-const sample = (label, n = 0) => samples.filter((s) => s.label === label)[n];
+import { demo, launchBrowser, sample, shots, startKensa } from './kensa.mjs';
 
 let scratch;
 let kensa;
 let base;
 let context;
-
-/** A copy of the demo model (files linked) whose manifest has DECISION. */
-function modelWithDecision(dir) {
-  mkdirSync(dir);
-  for (const name of readdirSync(demo)) {
-    if (name !== 'manifest.json') symlinkSync(path.join(demo, name), path.join(dir, name));
-  }
-  const manifest = JSON.parse(readFileSync(path.join(demo, 'manifest.json'), 'utf8'));
-  manifest.decision = DECISION;
-  writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
-}
-
-/** Starts kensa on free ports; resolves with its HTTP base URL once it is ready. */
-async function startKensa() {
-  const model = path.join(scratch, 'model');
-  modelWithDecision(model);
-  kensa = spawn(binary, [
-    '--log-format', 'json', 'serve',
-    '--http-host', '127.0.0.1', '--http-port', '0', '--grpc-host', '127.0.0.1', '--grpc-port', '0',
-    '--model-repository', model, '--data-dir', path.join(scratch, 'data'), '--device', 'cpu',
-    '--warmup-batches', '1', '--retain-images',
-  ], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
-  const address = await new Promise((resolve, reject) => {
-    let buffer = '';
-    kensa.stderr.on('data', (chunk) => {
-      buffer += chunk;
-      for (const line of buffer.split('\n')) {
-        try {
-          const fields = JSON.parse(line).fields || {};
-          if (fields.message === 'HTTP API listening') resolve(fields.http_addr);
-        } catch (_) { /* a partial line */ }
-      }
-    });
-    kensa.on('exit', (code) => reject(new Error(`kensa exited with ${code}:\n${buffer}`)));
-  });
-  const url = `http://${address}`;
-  for (let i = 0; i < 600; i += 1) {
-    const ready = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
-    if (ready) return url;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('kensa did not become ready');
-}
 
 /** Posts one fixture sample as a unit over HTTP, as a station would; returns the verdict. */
 async function inspect(station, id, unit, line = 'L3') {
@@ -119,15 +54,8 @@ async function noHorizontalScroll(page) {
 before(async () => {
   scratch = mkdtempSync(path.join(tmpdir(), 'kensa-browser-'));
   mkdirSync(shots, { recursive: true });
-  base = await startKensa();
-  context = await chromium.launchPersistentContext(path.join(scratch, 'profile'), {
-    executablePath: browserPath,
-    headless: true,
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  ({ kensa, url: base } = await startKensa(scratch));
+  context = await launchBrowser(scratch);
 });
 
 after(async () => {
