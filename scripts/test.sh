@@ -133,9 +133,9 @@ $py -m mypy --config-file models/pipeline/pyproject.toml models/pipeline/kensa_p
 $py -m mypy --python-version 3.11 --ignore-missing-imports --disallow-untyped-defs tests/python scripts
 
 echo "== Rust tests"
+# The hot-function benchmarks are not run (timings belong on a quiet machine); clippy
+# --all-targets above already compiles them.
 cargo test --locked --workspace
-# The hot-function benchmarks are built, not run: timings belong on a quiet machine.
-cargo bench --locked --workspace --no-run
 
 echo "== Python tests"
 $py -m pytest models/pipeline/tests
