@@ -130,6 +130,7 @@ def cmd_cv(a: argparse.Namespace) -> int:
         Path(a.cache),
         Path(a.out) if a.out else None,
         image_size=a.image_size,
+        with_fused=not a.skip_fused,
     )
     print(cv_markdown(res))
     return 0
@@ -346,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--folds", type=int, default=4)
     c.add_argument("--random-split", action="store_true", help="ignore groups (comparison only)")
     c.add_argument("--image-size", type=int, default=224, help="tower input size (multiple of 32)")
+    c.add_argument(
+        "--skip-fused", action="store_true", help="leave out the text and PFA+CMAF heads"
+    )
     _train_args(c)
     c.set_defaults(func=cmd_cv)
 

@@ -58,6 +58,7 @@ def run_cv(
     out: Path | None = None,
     log: Any = sys.stderr,
     image_size: int = 224,
+    with_fused: bool = True,
 ) -> dict[str, Any]:
     from kensa_pipeline.demo import PRETRAINED_MAX_TOKENS
     from kensa_pipeline.models.efficientnet import LITE_MEAN, LITE_STD, tuned_start
@@ -162,6 +163,9 @@ def run_cv(
                 head_outputs(ft, feats, va, maps=maps)["logits"],
                 va,
             )
+        if not with_fused:
+            _log_fold(log, k, folds, te, va, tr, results)
+            continue
         txt, _ = train_head(
             replace(spec, mode="text"), feats, y, splits, replace(cfg, pfa_weight=0.0)
         )
@@ -184,13 +188,7 @@ def run_cv(
                 head_outputs(fused, feats, va)["logits"],
                 va,
             )
-        if log is not None:
-            line = ", ".join(f"{n} {v[-1]['macro_f1']:.3f}" for n, v in results.items())
-            print(
-                f"fold {k + 1}/{folds} (test {len(te)}, val {len(va)}, train {len(tr)}): {line}",
-                file=log,
-                flush=True,
-            )
+        _log_fold(log, k, folds, te, va, tr, results)
     summary = {
         "data": str(data),
         "folds": folds,
@@ -209,6 +207,24 @@ def run_cv(
         (out / "cv.json").write_text(json.dumps(summary, indent=2))
         (out / "cv.md").write_text(cv_markdown(summary) + "\n")
     return summary
+
+
+def _log_fold(
+    log: Any,
+    k: int,
+    folds: int,
+    te: np.ndarray,
+    va: np.ndarray,
+    tr: np.ndarray,
+    results: dict[str, list[dict[str, Any]]],
+) -> None:
+    if log is not None:
+        line = ", ".join(f"{n} {v[-1]['macro_f1']:.3f}" for n, v in results.items())
+        print(
+            f"fold {k + 1}/{folds} (test {len(te)}, val {len(va)}, train {len(tr)}): {line}",
+            file=log,
+            flush=True,
+        )
 
 
 def finetuned_name(blocks: int) -> str:
