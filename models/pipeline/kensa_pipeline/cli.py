@@ -51,6 +51,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         fusion_freeze_encoders=not a.fusion_train_encoders,
         pfa_weight=0.0 if a.no_pfa else a.pfa_weight,
         augment=not a.no_augment,
+        finetune_blocks=a.finetune_blocks if a.finetune_last_stage else 0,
+        finetune_lr=a.finetune_lr,
     )
     res = train_cli(
         data=Path(a.data),
@@ -107,6 +109,8 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
         fusion_freeze_encoders=not a.fusion_train_encoders,
         pfa_weight=0.0 if a.no_pfa else a.pfa_weight,
         augment=not a.no_augment,
+        finetune_blocks=a.finetune_blocks if a.finetune_last_stage else 0,
+        finetune_lr=a.finetune_lr,
     )
 
 
@@ -125,6 +129,8 @@ def cmd_cv(a: argparse.Namespace) -> int:
         a.target_missed,
         Path(a.cache),
         Path(a.out) if a.out else None,
+        image_size=a.image_size,
+        with_fused=not a.skip_fused,
     )
     print(cv_markdown(res))
     return 0
@@ -224,6 +230,28 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=".cache", help="tower graphs and feature cache")
 
 
+def _finetune_args(t: argparse.ArgumentParser) -> None:
+    t.add_argument(
+        "--finetune-last-stage",
+        action="store_true",
+        help="pretrained EfficientNet: train its last block(s) and head conv with the "
+        "image-only head, on cached feature maps (default: frozen tower)",
+    )
+    t.add_argument(
+        "--finetune-blocks",
+        type=int,
+        default=1,
+        help="with --finetune-last-stage: how many trailing MBConv blocks train (default 1 = "
+        "stage 7; 4 = the last three of stage 6 too, same 7x7x192 cached input)",
+    )
+    t.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=1e-4,
+        help="learning rate of the fine-tuned tower part (the head keeps --lr)",
+    )
+
+
 def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=36, help="stage 1 (single-modality) epochs")
@@ -240,6 +268,7 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--no-pfa", action="store_true")
     t.add_argument("--pfa-weight", type=float, default=0.2)
     t.add_argument("--no-augment", action="store_true")
+    _finetune_args(t)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-pfa", action="store_true")
     t.add_argument("--pfa-weight", type=float, default=0.2)
     t.add_argument("--no-augment", action="store_true")
+    _finetune_args(t)
     t.add_argument(
         "--auto-norm",
         action="store_true",
@@ -316,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(c)
     c.add_argument("--folds", type=int, default=4)
     c.add_argument("--random-split", action="store_true", help="ignore groups (comparison only)")
+    c.add_argument("--image-size", type=int, default=224, help="tower input size (multiple of 32)")
+    c.add_argument(
+        "--skip-fused", action="store_true", help="leave out the text and PFA+CMAF heads"
+    )
     _train_args(c)
     c.set_defaults(func=cmd_cv)
 

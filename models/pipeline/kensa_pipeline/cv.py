@@ -6,14 +6,17 @@ In each fold the other folds are split again, group-aware, into train and valida
 fifth); validation drives early stopping, the temperature and the operating point; the
 held-out fold is scored. Variants: ``probe`` (logistic regression on pooled features),
 image-only, and the fused PFA+CMAF model with its notes emptied (and with its notes, when
-the data has any). Figures: mean ± sd over folds.
+the data has any); with ``cfg.finetune_blocks`` also the image-only model whose tower's last
+blocks and head conv train with the head (same folds, same splits; see
+:mod:`kensa_pipeline.train_heads`). Figures: mean ± sd over folds.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import torch
 from kensa_pipeline.data.formats import Dataset, grouped_stratified_folds, load_dataset
 from kensa_pipeline.decision import build_decision, held_out_report
 from kensa_pipeline.evaluate import compute_metrics
-from kensa_pipeline.features import extract_features
+from kensa_pipeline.features import extract_features, extract_maps
 from kensa_pipeline.frozen import towers_for
 from kensa_pipeline.models.kensa import ModelSpec
 from kensa_pipeline.train_heads import fit_probe, head_outputs, probe_logits, train_head
@@ -54,16 +57,19 @@ def run_cv(
     cache: Path,
     out: Path | None = None,
     log: Any = sys.stderr,
+    image_size: int = 224,
+    with_fused: bool = True,
 ) -> dict[str, Any]:
     from kensa_pipeline.demo import PRETRAINED_MAX_TOKENS
-    from kensa_pipeline.models.efficientnet import LITE_MEAN, LITE_STD
+    from kensa_pipeline.models.efficientnet import LITE_MEAN, LITE_STD, tuned_start
     from kensa_pipeline.models.text import minilm_tokenizer_path, text_preset
     from kensa_pipeline.models.vision import vision_preset
     from kensa_pipeline.train import fusion_config, fusion_init
 
+    t_start = time.time()
     ds = load_dataset(data, normal, classes=classes, group_rule=group_rule)
     spec = ModelSpec(
-        vision=vision_preset("efficientnet-lite0"),
+        vision=vision_preset("efficientnet-lite0", image_size=image_size),
         text=text_preset("minilm-l6"),
         labels=ds.names,
         normal_label=ds.labels[ds.normal_index].name,
@@ -72,7 +78,7 @@ def run_cv(
         max_tokens=PRETRAINED_MAX_TOKENS,
     )
     towers = towers_for(spec, cache)
-    image: dict[str, Any] = {"height": 224, "width": 224, "channels": 1}
+    image: dict[str, Any] = {"height": image_size, "width": image_size, "channels": 1}
     image |= {"mean": spec.image_mean, "std": spec.image_std}
     feats = extract_features(
         ds,
@@ -83,6 +89,9 @@ def run_cv(
         cache / "features",
         threads=torch.get_num_threads(),
     )
+    maps = None
+    if cfg.finetune_blocks > 0:
+        maps = extract_maps(ds, image, tuned_start(cfg.finetune_blocks), cache / "features")
     y = ds.targets()
     names, ni = ds.names, ds.normal_index
     has_notes = any(s.note for s in ds.samples)
@@ -138,6 +147,25 @@ def run_cv(
             head_outputs(img, feats, va)["logits"],
             va,
         )
+        if maps is not None:
+            ft, _ = train_head(
+                replace(spec, mode="image"),
+                feats,
+                y,
+                splits,
+                replace(cfg, pfa_weight=0.0),
+                maps=maps,
+            )
+            add(
+                finetuned_name(cfg.finetune_blocks),
+                head_outputs(ft, feats, te, maps=maps)["logits"],
+                te,
+                head_outputs(ft, feats, va, maps=maps)["logits"],
+                va,
+            )
+        if not with_fused:
+            _log_fold(log, k, folds, te, va, tr, results)
+            continue
         txt, _ = train_head(
             replace(spec, mode="text"), feats, y, splits, replace(cfg, pfa_weight=0.0)
         )
@@ -160,13 +188,7 @@ def run_cv(
                 head_outputs(fused, feats, va)["logits"],
                 va,
             )
-        if log is not None:
-            line = ", ".join(f"{n} {v[-1]['macro_f1']:.3f}" for n, v in results.items())
-            print(
-                f"fold {k + 1}/{folds} (test {len(te)}, val {len(va)}, train {len(tr)}): {line}",
-                file=log,
-                flush=True,
-            )
+        _log_fold(log, k, folds, te, va, tr, results)
     summary = {
         "data": str(data),
         "folds": folds,
@@ -174,6 +196,9 @@ def run_cv(
         "n": len(ds.samples),
         "groups": len(set(ds.groups())),
         "target_missed_defect_rate": target_missed,
+        "image_size": image_size,
+        "config": asdict(cfg),
+        "seconds": round(time.time() - t_start),
         "variants": {n: _aggregate(v) for n, v in results.items()},
         "per_fold": results,
     }
@@ -182,6 +207,29 @@ def run_cv(
         (out / "cv.json").write_text(json.dumps(summary, indent=2))
         (out / "cv.md").write_text(cv_markdown(summary) + "\n")
     return summary
+
+
+def _log_fold(
+    log: Any,
+    k: int,
+    folds: int,
+    te: np.ndarray,
+    va: np.ndarray,
+    tr: np.ndarray,
+    results: dict[str, list[dict[str, Any]]],
+) -> None:
+    if log is not None:
+        line = ", ".join(f"{n} {v[-1]['macro_f1']:.3f}" for n, v in results.items())
+        print(
+            f"fold {k + 1}/{folds} (test {len(te)}, val {len(va)}, train {len(tr)}): {line}",
+            file=log,
+            flush=True,
+        )
+
+
+def finetuned_name(blocks: int) -> str:
+    what = "last block" if blocks == 1 else f"last {blocks} blocks"
+    return f"image-only, fine-tuned ({what} + head conv)"
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -229,10 +229,13 @@ def build_manifest(
     return m
 
 
-def export_towers(model: KensaModel, out_dir: str | Path) -> None:
-    """Export ``vision.onnx`` and ``text.onnx`` into ``out_dir`` (I/O dims fixed to the
-    manifest's). Deterministic: the same weights give byte-identical files, so a frozen
-    pretrained tower is rewritten identically by every export."""
+def export_towers(
+    model: KensaModel, out_dir: str | Path, which: tuple[str, ...] = ("vision", "text")
+) -> None:
+    """Export ``vision.onnx`` and ``text.onnx`` (or those named in ``which``) into
+    ``out_dir`` (I/O dims fixed to the manifest's). Deterministic: the same weights give
+    byte-identical files, so a frozen pretrained tower is rewritten identically by every
+    export."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -240,6 +243,20 @@ def export_towers(model: KensaModel, out_dir: str | Path) -> None:
     px = torch.zeros(2, v.channels, v.image_size, v.image_size)
     ids = torch.tensor([[2, 7, 3], [2, 3, 0]], dtype=torch.int64)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.int64)
+    if "vision" in which:
+        _export_vision(model, px, out)
+    if "text" in which:
+        _export_text(model, ids, mask, out)
+    io = graph_io(model)
+    for key in which:
+        gd = io[key]
+        _fix_dims(out / gd["file"], {x["name"]: x["shape"] for x in gd["inputs"] + gd["outputs"]})
+    if "text" in which and model.spec.text.pretrained:
+        # Pretrained text weights are float16-exact (see load_minilm_l6): store them so.
+        store_fp16_exact(out / "text.onnx")
+
+
+def _export_vision(model: KensaModel, px: Tensor, out: Path) -> None:
     _export(
         _Vision(model),
         (px,),
@@ -252,6 +269,9 @@ def export_towers(model: KensaModel, out_dir: str | Path) -> None:
             "pooled": {0: "batch"},
         },
     )
+
+
+def _export_text(model: KensaModel, ids: Tensor, mask: Tensor, out: Path) -> None:
     _export(
         _Text(model),
         (ids, mask),
@@ -264,13 +284,6 @@ def export_towers(model: KensaModel, out_dir: str | Path) -> None:
             "token_states": {0: "batch", 1: "tokens"},
         },
     )
-    io = graph_io(model)
-    for key in ("vision", "text"):
-        gd = io[key]
-        _fix_dims(out / gd["file"], {x["name"]: x["shape"] for x in gd["inputs"] + gd["outputs"]})
-    if model.spec.text.pretrained:
-        # Pretrained text weights are float16-exact (see load_minilm_l6): store them so.
-        store_fp16_exact(out / "text.onnx")
 
 
 def export_head(model: KensaModel, out_dir: str | Path) -> None:
@@ -323,7 +336,8 @@ def export_model_folder(
     """Export the three graphs + tokenizer + manifest into ``out_dir``; returns the manifest.
 
     ``towers``: a folder with ``vision.onnx``/``text.onnx`` already exported from these
-    towers (by :func:`export_towers`); they are copied instead of exported again."""
+    towers (by :func:`export_towers`); they are copied instead of exported again, except a
+    fine-tuned vision tower (``spec.vision_tuned_from``), exported from ``model``."""
     if model.spec.mode != "cmaf":
         raise ValueError("only the full CMAF head is exported (ablation heads are not)")
     out = Path(out_dir)
@@ -332,8 +346,11 @@ def export_model_folder(
     tok = load_tokenizer(tokenizer_path)
     save_tokenizer(tok, out / "tokenizer.json")
     if towers is not None:
-        for f in ("vision.onnx", "text.onnx"):
-            shutil.copyfile(Path(towers) / f, out / f)
+        shutil.copyfile(Path(towers) / "text.onnx", out / "text.onnx")
+        if model.spec.vision_tuned_from is not None:
+            export_towers(model, out, which=("vision",))
+        else:
+            shutil.copyfile(Path(towers) / "vision.onnx", out / "vision.onnx")
     else:
         export_towers(model, out)
     export_head(model, out)

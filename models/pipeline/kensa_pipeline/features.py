@@ -162,3 +162,80 @@ def extract_features(
 
 
 _KEYS = ("patch", "pooled", "states", "mask", "empty_states", "empty_mask")
+
+
+def maps_key(ds: Dataset, image: dict[str, Any], start: int) -> str:
+    from kensa_pipeline.models import efficientnet as eff
+
+    h = hashlib.sha256()
+    h.update(f"{eff.WHEEL_FILE}|{eff.WEIGHTS_FILE}|maps-1".encode())
+    h.update(json.dumps([image, start], sort_keys=True).encode())
+    for s in ds.samples:
+        st = s.image.stat()
+        h.update(f"{s.image}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def extract_maps(
+    ds: Dataset,
+    image: dict[str, Any],
+    start: int,
+    cache_dir: Path | None = None,
+    batch: int = 16,
+    log: Any = sys.stderr,
+) -> torch.Tensor:
+    """Feature maps of the pretrained EfficientNet-Lite0 at the input of block ``start``
+    ([N, C, h, w], float32), for every sample of ``ds`` (cached like the features).
+
+    The frozen part of the tower (stem and blocks ``0..start-1``) runs once per image in
+    PyTorch (eval mode, BatchNorm not folded: within 3e-5 of the exported graph), with the
+    reference preprocessing at ``image``'s size; the fine-tuned tail then trains on these
+    maps (:class:`~kensa_pipeline.models.efficientnet.EfficientNetTail`)."""
+    from kensa_pipeline.models.efficientnet import EfficientNetEncoder
+
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"maps-{maps_key(ds, image, start)}.npy"
+        if path.exists():
+            return torch.from_numpy(np.load(path))
+    t0 = time.time()
+    enc = EfficientNetEncoder(image["height"], image["channels"], image["mean"], image["std"])
+    enc.load_pretrained()
+    enc.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(ds.samples), batch):
+            px = np.stack(
+                [
+                    preprocess_file(
+                        x.image,
+                        image["height"],
+                        image["width"],
+                        image["channels"],
+                        image["mean"],
+                        image["std"],
+                    )
+                    for x in ds.samples[s : s + batch]
+                ]
+            )
+            x = enc.prepare(torch.from_numpy(px))
+            out.append(enc.net.features(x, 0, start).numpy())
+    arr = np.concatenate(out).astype(np.float32)
+    if log is not None:
+        print(
+            f"tower maps (input of block {start}, {list(arr.shape[1:])}): "
+            f"{len(arr)} images in {time.time() - t0:.0f} s",
+            file=log,
+            flush=True,
+        )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(path)
+    return torch.from_numpy(arr)
+
+
+def with_vision(feats: FeatureSet, patch: torch.Tensor, pooled: torch.Tensor) -> FeatureSet:
+    """``feats`` with other image features (the notes' features unchanged)."""
+    return FeatureSet(patch, pooled, feats.states, feats.mask, feats.empty_states, feats.empty_mask)

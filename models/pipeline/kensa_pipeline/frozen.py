@@ -29,7 +29,13 @@ from kensa_pipeline.features import FeatureSet
 from kensa_pipeline.localize import pointing_game, summarize
 from kensa_pipeline.models import efficientnet, text
 from kensa_pipeline.models.kensa import KensaModel, ModelSpec, load_pretrained_towers
-from kensa_pipeline.train_heads import fit_probe, head_outputs, probe_logits, train_head
+from kensa_pipeline.train_heads import (
+    fit_probe,
+    head_outputs,
+    probe_logits,
+    train_head,
+    tuned_features,
+)
 
 LOCALIZED = ("void", "offset", "residue")
 
@@ -115,8 +121,11 @@ def run_frozen(
     runs_dir: Path | None = None,
     log: Any = sys.stderr,
     probe: bool = True,
+    maps: Any = None,
 ) -> dict[str, Any]:
-    """Train every variant's head on ``feats``; the last variant is the model. Returns the
+    """Train every variant's head on ``feats``; the last variant is the model. With ``maps``
+    (and ``cfg.finetune_blocks``) the image-only variant fine-tunes the tower's tail on those
+    cached maps, and the variants after it train on the tuned tower's features. Returns the
     table rows (test split), the model, its decision (fitted on validation), its held-out
     decision report and the pointing game of both maps (samples with a region)."""
     from kensa_pipeline.train import fusion_config, fusion_init
@@ -138,8 +147,9 @@ def run_frozen(
             }
         )
     model: KensaModel | None = None
+    tuned_from = None
     for name, mode, pfa in variants:
-        vspec = replace(spec, mode=mode)
+        vspec = replace(spec, mode=mode, vision_tuned_from=None if mode == "text" else tuned_from)
         if mode in ("image", "text"):
             vcfg = replace(cfg, pfa_weight=0.0)
             init = None
@@ -148,7 +158,13 @@ def run_frozen(
             init = fusion_init(trained["image"], trained["text"], mode)
         if log is not None:
             print(f"== {name}", file=log, flush=True)
-        model, info = train_head(vspec, feats, y, splits, vcfg, log=None, init=init)
+        tune = maps is not None and mode == "image"
+        model, info = train_head(
+            vspec, feats, y, splits, vcfg, log=None, init=init, maps=maps if tune else None
+        )
+        if tune:
+            tuned_from = model.spec.vision_tuned_from
+            feats = tuned_features(model, feats, maps)
         if mode in ("image", "text"):
             trained[mode] = model
         out = head_outputs(model, feats, te)

@@ -70,6 +70,11 @@ class TrainConfig:
     fusion_freeze_encoders: bool = True
     # Auxiliary CE on the CAM classifier (linear patch classifier, see models/cmaf.py).
     cam_weight: float = 0.5
+    # Fine-tuning of the pretrained EfficientNet tower (image-only stage): the last
+    # ``finetune_blocks`` MBConv blocks + the head conv train at ``finetune_lr`` on cached
+    # feature maps (0 = frozen tower, heads only).
+    finetune_blocks: int = 0
+    finetune_lr: float = 1e-4
 
 
 def seed_everything(seed: int) -> None:
@@ -432,7 +437,18 @@ def train_cli(
     splits = split_indices(ds, cfg.seed)
     if vision_preset(vision).pretrained or text_preset(text).pretrained:
         return _train_frozen(
-            ds, splits, data, out, mode, cfg, vision, text, ablations, target_missed, cache
+            ds,
+            splits,
+            data,
+            out,
+            mode,
+            cfg,
+            vision,
+            text,
+            ablations,
+            target_missed,
+            cache,
+            image_size,
         )
     if tokenizer:
         tok = load_tokenizer(tokenizer)
@@ -581,15 +597,20 @@ def _train_frozen(
     ablations: bool,
     target_missed: float,
     cache: Path,
+    image_size: int | None = None,
 ) -> dict[str, Any]:
-    """Pretrained frozen towers: cached features, heads only (see kensa_pipeline.frozen)."""
+    """Pretrained frozen towers: cached features, heads only (see kensa_pipeline.frozen).
+    With ``cfg.finetune_blocks`` the vision tower's last blocks train in the image-only
+    stage, on cached feature maps (see kensa_pipeline.train_heads)."""
+    from kensa_pipeline.cv import finetuned_name
     from kensa_pipeline.demo import PRETRAINED_MAX_TOKENS
-    from kensa_pipeline.features import extract_features
+    from kensa_pipeline.features import extract_features, extract_maps
     from kensa_pipeline.frozen import run_frozen, towers_for
-    from kensa_pipeline.models.efficientnet import LITE_MEAN, LITE_STD
+    from kensa_pipeline.models.efficientnet import LITE_MEAN, LITE_STD, tuned_start
     from kensa_pipeline.models.text import minilm_tokenizer_path
 
-    v, t = vision_preset(vision), text_preset(text)
+    v = vision_preset(vision, **({"image_size": image_size} if image_size else {}))
+    t = text_preset(text)
     if not (v.pretrained and t.pretrained):
         raise ValueError(
             "pretrained towers train frozen, both of them: use --vision efficientnet-lite0 "
@@ -621,7 +642,14 @@ def _train_frozen(
     (out / "labels.json").write_text(json.dumps([asdict(lab) for lab in ds.labels], indent=2))
     (out / "dataset.json").write_text(json.dumps({"data": str(data), "towers": str(towers)}))
     variants = _variants(mode, ablations, cfg.pfa_weight > 0)
-    res = run_frozen(ds, splits, spec, cfg, feats, variants, target_missed, out / "runs")
+    maps = None
+    if cfg.finetune_blocks > 0:
+        if v.arch != "efficientnet-lite0":
+            raise ValueError("fine-tuning the last stage needs --vision efficientnet-lite0")
+        maps = extract_maps(ds, image, tuned_start(cfg.finetune_blocks), cache / "features")
+        ft = finetuned_name(cfg.finetune_blocks)
+        variants = [(ft, m, p) if m == "image" else (n, m, p) for n, m, p in variants]
+    res = run_frozen(ds, splits, spec, cfg, feats, variants, target_missed, out / "runs", maps=maps)
     res["model"].save(out)
     summary = {
         "model": variants[-1][0],

@@ -9,6 +9,12 @@ towers and are not applied here.
 Extra loss terms: the CAM classifier (a linear classifier on the patch tokens, whose
 per-patch scores are the class activation map) learns by cross-entropy on its mean over
 patches, weight ``cam_weight``.
+
+Fine-tuning (``cfg.finetune_blocks > 0``, image-only): the last blocks of the EfficientNet
+tower and its head conv (:class:`~kensa_pipeline.models.efficientnet.EfficientNetTail`) train
+with the head, at ``cfg.finetune_lr``, on cached feature maps at the tail's input
+(:func:`kensa_pipeline.features.extract_maps`); each batch's maps get a random flip/rotation
+by 90 degrees when ``cfg.augment`` is set.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +31,12 @@ import torch.nn.functional as F
 
 from kensa_pipeline.evaluate import compute_metrics
 from kensa_pipeline.features import FeatureSet
+from kensa_pipeline.models.efficientnet import (
+    EfficientNetEncoder,
+    EfficientNetTail,
+    dihedral,
+    tuned_start,
+)
 from kensa_pipeline.models.kensa import KensaModel, ModelSpec
 from kensa_pipeline.models.pfa import PfaSchedule, progressive_info_nce
 
@@ -43,17 +56,50 @@ def head_outputs(
     idx: np.ndarray,
     empty_notes: bool = False,
     batch_size: int = 128,
+    maps: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
-    """Logits [N, C] and both maps [N, g, g] ("attention_cmaf", "attention_cam")."""
+    """Logits [N, C] and both maps [N, g, g] ("attention_cmaf", "attention_cam").
+
+    With ``maps`` (a fine-tuned model, ``spec.vision_tuned_from`` set) the image features
+    come from the model's tower tail run on those cached maps, not from ``feats``."""
     model.eval()
+    tail = tower_tail(model) if maps is not None else None
     out: dict[str, list[np.ndarray]] = {"logits": [], "attention_cmaf": [], "attention_cam": []}
     for s in range(0, len(idx), batch_size):
         bi = idx[s : s + batch_size]
         st, mk = feats.text(bi, empty=empty_notes)
-        f = model.head.forward_features(feats.patch[bi], feats.pooled[bi], st, mk)
+        if tail is not None and maps is not None:
+            patch, pooled = tail(maps[bi])
+        else:
+            patch, pooled = feats.patch[bi], feats.pooled[bi]
+        f = model.head.forward_features(patch, pooled, st, mk)
         for k in out:
             out[k].append(f[k].numpy())
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
+
+
+@torch.no_grad()
+def tuned_features(
+    model: KensaModel, feats: FeatureSet, maps: torch.Tensor, batch_size: int = 64
+) -> FeatureSet:
+    """``feats`` with the image features of ``model``'s fine-tuned tower (run on ``maps``)."""
+    from kensa_pipeline.features import with_vision
+
+    tail = tower_tail(model).eval()
+    patch, pooled = [], []
+    for s in range(0, len(maps), batch_size):
+        p, q = tail(maps[s : s + batch_size])
+        patch.append(p)
+        pooled.append(q)
+    return with_vision(feats, torch.cat(patch), torch.cat(pooled))
+
+
+def tower_tail(model: KensaModel) -> EfficientNetTail:
+    """The fine-tuned part of ``model``'s EfficientNet tower (shares its modules)."""
+    start = model.spec.vision_tuned_from
+    if start is None or not isinstance(model.vision, EfficientNetEncoder):
+        raise ValueError("the model's vision tower is not a fine-tuned EfficientNet")
+    return EfficientNetTail(model.vision, start)
 
 
 def train_head(
@@ -64,16 +110,34 @@ def train_head(
     cfg: Any,
     log: Any = None,
     init: dict[str, torch.Tensor] | None = None,
+    maps: torch.Tensor | None = None,
 ) -> tuple[KensaModel, dict[str, Any]]:
     """Train ``spec``'s head on ``feats``; ``cfg`` is a :class:`~kensa_pipeline.train.TrainConfig`.
 
     The returned model's towers are not loaded (random); the head is what was trained.
+    With ``maps`` (cached input maps of the last ``cfg.finetune_blocks`` blocks, image-only
+    mode) the tower's pretrained weights are loaded and its tail trains with the head; the
+    model's spec then records ``vision_tuned_from``.
     """
     _seed(cfg.seed)
+    tail: EfficientNetTail | None = None
+    if maps is not None:
+        if spec.mode != "image" or cfg.finetune_blocks < 1:
+            raise ValueError("fine-tuning trains the image-only model (finetune_blocks >= 1)")
+        spec = replace(spec, vision_tuned_from=tuned_start(cfg.finetune_blocks))
     model = KensaModel(spec, seed=cfg.seed)
+    if maps is not None:
+        assert isinstance(model.vision, EfficientNetEncoder)
+        model.vision.load_pretrained()
+        model.vision.requires_grad_(False)
+        tail = tower_tail(model)
+        tail.requires_grad_(True)
     _seed(cfg.seed)
     if init is not None:
-        head_init = {k: v for k, v in init.items() if k.startswith("head.")}
+        # the head, and the fine-tuned tower part when this model has one (stage 2 over a
+        # fine-tuned image-only model: the tuned tower stays as stage 1 left it)
+        tuned = model.tuned_prefixes()
+        head_init = {k: v for k, v in init.items() if k.startswith("head.") or k.startswith(tuned)}
         res = model.load_state_dict(head_init, strict=False)
         if res.unexpected_keys:
             raise ValueError(f"initial weights do not fit the model: {res.unexpected_keys[:5]}")
@@ -88,13 +152,22 @@ def train_head(
     params = [p for p in head.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0},
-        ],
-        lr=cfg.lr,
-    )
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0},
+    ]
+    tail_params = [p for p in tail.parameters() if p.requires_grad] if tail else []
+    if tail_params:
+        groups += [
+            {
+                "params": [p for p in tail_params if p.ndim >= 2],
+                "weight_decay": cfg.weight_decay,
+                "tail": True,
+            },
+            {"params": [p for p in tail_params if p.ndim < 2], "weight_decay": 0, "tail": True},
+        ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    tail_scale = cfg.finetune_lr / cfg.lr
     steps_per_epoch = max(1, int(np.ceil(len(tr) / cfg.batch_size)))
     total = steps_per_epoch * cfg.epochs
     warm = steps_per_epoch * cfg.warmup_epochs
@@ -112,7 +185,7 @@ def train_head(
     normal_index = spec.labels.index(spec.normal_label)
 
     def validate() -> tuple[float, float]:
-        logits = head_outputs(model, feats, va)["logits"]
+        logits = head_outputs(model, feats, va, maps=maps)["logits"]
         yv = y_all[va]
         vloss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(yv)))
         m = compute_metrics(yv, logits.argmax(1), spec.labels, normal_index)
@@ -121,6 +194,7 @@ def train_head(
     f1_start, loss_start = validate()
     best: dict[str, Any] = {"macro_f1": f1_start, "epoch": -1, "val_loss": loss_start}
     best_state = copy.deepcopy(head.state_dict())
+    best_tail = copy.deepcopy(tail.state_dict()) if tail is not None else None
     history = []
     step = 0
     bad = 0
@@ -142,8 +216,15 @@ def train_head(
             st, mk = feats.text(bi, empty=drop)
             yb = y[bi]
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            f = head.forward_features(feats.patch[bi], feats.pooled[bi], st, mk)
+                g["lr"] = lr_at(step) * tail_scale if g.get("tail") else lr_at(step)
+            if tail is not None and maps is not None:
+                mb = maps[bi]
+                if cfg.augment:
+                    mb = dihedral(mb, torch.randint(0, 8, (len(bi),), generator=gen))
+                patch, pooled = tail(mb)
+            else:
+                patch, pooled = feats.patch[bi], feats.pooled[bi]
+            f = head.forward_features(patch, pooled, st, mk)
             ce = F.cross_entropy(
                 f["logits"], yb, weight=class_w, label_smoothing=cfg.label_smoothing
             )
@@ -171,6 +252,8 @@ def train_head(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if tail_params:
+                torch.nn.utils.clip_grad_norm_(tail_params, 1.0)
             opt.step()
             step += 1
             tot_ce += float(ce.detach())
@@ -194,12 +277,16 @@ def train_head(
         if improved:
             best = {"macro_f1": f1, "epoch": epoch, "val_loss": vloss}
             best_state = copy.deepcopy(head.state_dict())
+            if tail is not None:
+                best_tail = copy.deepcopy(tail.state_dict())
             bad = 0
         else:
             bad += 1
             if bad >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                 break
     head.load_state_dict(best_state)
+    if tail is not None and best_tail is not None:
+        tail.load_state_dict(best_tail)
     model.eval()
     return model, {"best": best, "history": history, "seconds": round(time.time() - t0, 1)}
 

@@ -280,6 +280,73 @@ class EfficientNetEncoder(nn.Module):
         self.net.load_state_dict(sd, strict=True)
 
 
+NUM_BLOCKS = len(block_args())  # 16
+
+
+def tuned_start(blocks: int) -> int:
+    """Index of the first trainable block when the last ``blocks`` MBConv blocks train."""
+    if not 1 <= blocks <= NUM_BLOCKS:
+        raise ValueError(f"fine-tune 1..{NUM_BLOCKS} trailing blocks, not {blocks}")
+    return NUM_BLOCKS - blocks
+
+
+def tuned_prefixes(start: int, prefix: str = "vision.net.") -> tuple[str, ...]:
+    """State-dict prefixes of the trainable part: blocks ``start..15`` and the head conv."""
+    blocks = tuple(f"{prefix}_blocks.{i}." for i in range(start, NUM_BLOCKS))
+    return (*blocks, f"{prefix}_conv_head.", f"{prefix}_bn1.")
+
+
+class EfficientNetTail(nn.Module):
+    """The trainable end of an :class:`EfficientNetEncoder`: blocks ``start..15`` and the
+    1x1 head conv to 1280, run on cached feature maps (the input of block ``start``).
+
+    The modules are *shared* with the encoder (not copies), so training the tail trains the
+    encoder that is saved and exported. BatchNorm stays in eval mode (running statistics of
+    ImageNet; its affine weights train): batches of 32 small feature maps are too few to
+    re-estimate statistics, and the exported graph folds exactly those statistics.
+    """
+
+    def __init__(self, enc: EfficientNetEncoder, start: int) -> None:
+        super().__init__()
+        net = enc.net
+        self.start = start
+        self.blocks = nn.ModuleList(list(net._blocks[start:]))
+        self.conv_head = net._conv_head
+        self.bn = net._bn1
+
+    def train(self, mode: bool = True) -> EfficientNetTail:
+        super().train(False)  # BatchNorm keeps its running statistics (see above)
+        return self
+
+    def forward(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+        x = maps
+        for blk in self.blocks:
+            x = blk(x)
+        fmap = F.relu6(self.bn(self.conv_head(x)))
+        tokens = fmap.flatten(2).transpose(1, 2)
+        return tokens, tokens.mean(dim=1)
+
+
+def dihedral(maps: Tensor, ops: Tensor) -> Tensor:
+    """Apply one of the 8 symmetries of the square to each map [B, C, h, w] (h == w):
+    ``ops[i]`` in 0..7, bit 2 transposes, bit 0 flips rows, bit 1 flips columns (the 8
+    combinations are the flips and rotations by 90 degrees). Cheap augmentation on cached
+    feature maps; not exactly the map of the transformed image (the kernels are not
+    symmetric), but close enough to act as one."""
+    out = maps.clone()
+    for i in range(maps.shape[0]):
+        o = int(ops[i])
+        x = maps[i]
+        if o & 4:
+            x = x.transpose(1, 2)
+        if o & 1:
+            x = x.flip(1)
+        if o & 2:
+            x = x.flip(2)
+        out[i] = x
+    return out
+
+
 class FoldedEfficientNetEncoder(nn.Module):
     """Export form of :class:`EfficientNetEncoder`: every BatchNorm folded into its conv.
 

