@@ -62,3 +62,22 @@ def test_overlay_prints_in_the_chosen_corner() -> None:
     )
     assert top[:30].max() > 200 and top[60:].max() < 100
     assert bottom[-30:].max() > 200 and bottom[:60].max() < 100
+
+
+def test_manifest_ocr_section_is_checked() -> None:
+    import pytest
+
+    from kensa_pipeline.manifest import validate_ocr
+
+    validate_ocr({"detector": "d.onnx", "recogniser": "r.onnx", "join": "when-empty"})
+    validate_ocr(
+        {"detector": "d", "recogniser": "r", "region": {"x": 0, "y": 0, "width": 9, "height": 9}}
+    )
+    for bad in (
+        {"detector": "d"},
+        {"detector": "d", "recogniser": "r", "join": "x"},
+        {"detector": "d", "recogniser": "r", "region": {"x": 0}},
+        {"detector": "d", "recogniser": "r", "colour": 1},
+    ):
+        with pytest.raises(ValueError):
+            validate_ocr(bad)
