@@ -81,3 +81,10 @@ def test_manifest_ocr_section_is_checked() -> None:
     ):
         with pytest.raises(ValueError):
             validate_ocr(bad)
+
+
+def test_character_error_rate_counts_edits_with_and_without_spaces() -> None:
+    from kensa_pipeline.ocr_eval import cer, edit_distance
+
+    assert edit_distance("kitten", "sitting") == 3
+    assert cer(["LOT L1 U R2", "D5.0"], "LOTL1UR2\nD5.0") == (3, 16, 0, 12)
