@@ -12,6 +12,7 @@ texts and boxes within 2 px.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,11 +77,17 @@ def render_case(case: Case) -> Image.Image:
     return draw_overlay(image, list(case.lines), case.style, seed=case.seed)
 
 
-def reference_read(image: Image.Image) -> list[dict[str, Any]]:
-    """What rapidocr reads on ``image``: per line text, confidence and box (4 corners)."""
+@functools.cache
+def _engine() -> Any:
+    """The reference reader, opened once (its sessions take longer to open than to run)."""
     from rapidocr_onnxruntime import RapidOCR
 
-    engine = RapidOCR(**REFERENCE_SETTINGS)
+    return RapidOCR(**REFERENCE_SETTINGS)
+
+
+def reference_read(image: Image.Image) -> list[dict[str, Any]]:
+    """What rapidocr reads on ``image``: per line text, confidence and box (4 corners)."""
+    engine = _engine()
     bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
     result, _ = engine(bgr, use_cls=False)
     lines: list[dict[str, Any]] = []
