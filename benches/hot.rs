@@ -90,6 +90,8 @@ fn verdict_json(bencher: divan::Bencher) {
             metadata: [("line".to_string(), "L3".to_string())].into(),
             disposition: None,
             decision: None,
+            ocr: None,
+            model_note: None,
         };
         serde_json::to_vec(&verdict).expect("serialises")
     });

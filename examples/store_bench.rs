@@ -99,6 +99,8 @@ fn record(station: &str, inspection: &str) -> NewVerdict {
         .collect(),
         disposition: None,
         decision: None,
+        ocr: None,
+        model_note: None,
     };
     NewVerdict {
         verdict,

@@ -19,6 +19,7 @@ echo "== setup"
 scripts/setup-system.sh
 scripts/setup-ort.sh
 scripts/setup-python.sh
+scripts/setup-ocr.sh
 py=.venv/bin/python
 
 scratch=$(mktemp -d /tmp/kensa-test.XXXXXX)

@@ -111,6 +111,10 @@ pub struct ModelArgs {
     /// Full-size batches run through each session set before the model reports ready.
     #[arg(long, env = "KENSA_WARMUP_BATCHES", default_value_t = 2)]
     pub warmup_batches: usize,
+    /// Do not read the text burnt into frames, even for models whose manifest has an `ocr`
+    /// section: their OCR graphs are not opened and they see the station's note only.
+    #[arg(long, env = "KENSA_DISABLE_OCR")]
+    pub disable_ocr: bool,
     /// Recent verdicts per model version that the drift gauges compare with the validation
     /// distribution in the manifest.
     #[arg(long, env = "KENSA_DRIFT_WINDOW", default_value_t = 1000)]
@@ -143,6 +147,7 @@ impl ModelArgs {
             warmup_batches: self.warmup_batches,
             thresholds: self.thresholds.clone(),
             drift_window: self.drift_window,
+            disable_ocr: self.disable_ocr,
             version_policy: self.version_policy.clone(),
             version_routes: self.version_routes.clone(),
         }

@@ -30,7 +30,8 @@ use crate::heatmap;
 use crate::metrics::{ConfidenceLabels, DriftLabels, Metrics, VerdictLabels};
 use crate::model::manifest::Grid;
 use crate::model::registry::{LoadedModel, ModelRepository};
-use crate::preprocess::image::{ImageLimits, prepare_image};
+use crate::ocr::{self, OcrRead};
+use crate::preprocess::image::{ImageLimits, prepare_image, prepare_image_and_frame};
 use crate::store::record::sha256_hex;
 use crate::store::retention::ImageRetention;
 use crate::store::{Inserted, NewVerdict, SharedStore, StoredVerdict};
@@ -525,7 +526,11 @@ impl Inspector {
         let place = model.queue.reserve()?;
 
         let preprocess_started = Instant::now();
-        let (pixels, input_ids) = self.preprocess(&model, &request).await?;
+        let Prepared {
+            pixels,
+            input_ids,
+            ocr,
+        } = self.preprocess(&model, &request).await?;
         let preprocess_time = preprocess_started.elapsed();
         self.metrics
             .preprocess_seconds
@@ -643,6 +648,7 @@ impl Inspector {
                 queue_ms: Timings::ms(result.queue_time),
                 preprocess_ms: Timings::ms(preprocess_time),
                 inference_ms: Timings::ms(result.inference_time),
+                ocr_ms: ocr.as_ref().map_or(0.0, |o| Timings::ms(o.took)),
                 total_ms: Timings::ms(received.elapsed()),
             },
             batch_size: result.batch_size,
@@ -650,6 +656,8 @@ impl Inspector {
             metadata: request.metadata,
             disposition,
             decision,
+            model_note: ocr.as_ref().map(|o| o.model_note.clone()),
+            ocr: ocr.map(|o| o.read),
         };
         let heatmap_png = if request.heatmap {
             Some(self.render_heatmap(&request.image, &verdict).await?)
@@ -716,12 +724,14 @@ impl Inspector {
         Ok(())
     }
 
-    /// Decodes, resizes and tokenizes on a blocking thread, at most `preprocess_threads` at once.
+    /// Decodes, resizes, reads the text on the frame (models with an `ocr` section) and
+    /// tokenizes the note the model sees, on a blocking thread, at most `preprocess_threads`
+    /// at once.
     async fn preprocess(
         &self,
         model: &Arc<LoadedModel>,
         request: &InspectionRequest,
-    ) -> Result<(Vec<f32>, Vec<i64>), Error> {
+    ) -> Result<Prepared, Error> {
         let _slot = self
             .preprocess_slots
             .acquire()
@@ -733,14 +743,43 @@ impl Inspector {
         let limits = self.limits.image;
         let metrics = Arc::clone(&self.metrics);
         tokio::task::spawn_blocking(move || {
-            let prepared = prepare_image(&image, &model.manifest.image, &limits)?;
-            let tokenize_started = Instant::now();
-            let ids = model.tokenizer.encode(&note)?;
             let labels = model.labels();
+            let (prepared, read) = match &model.ocr {
+                None => (prepare_image(&image, &model.manifest.image, &limits)?, None),
+                Some(ocr) => {
+                    let (prepared, frame) =
+                        prepare_image_and_frame(&image, &model.manifest.image, &limits)?;
+                    let started = Instant::now();
+                    let read = ocr::read_frame(&ocr.reader, ocr.spec.region, &frame)?;
+                    let took = started.elapsed();
+                    metrics
+                        .ocr_seconds
+                        .get_or_create(&labels)
+                        .observe(took.as_secs_f64());
+                    let seen = ocr.spec.join.join(&note, &read.text);
+                    (
+                        prepared,
+                        Some(OcrOutcome {
+                            read,
+                            model_note: seen,
+                            took,
+                        }),
+                    )
+                }
+            };
+            let tokenize_started = Instant::now();
+            let seen = read
+                .as_ref()
+                .map_or(note.as_str(), |r| r.model_note.as_str());
+            let ids = model.tokenizer.encode(seen)?;
             metrics.observe_stage(&labels, "decode", prepared.decode_time);
             metrics.observe_stage(&labels, "resize", prepared.resize_time);
             metrics.observe_stage(&labels, "tokenize", tokenize_started.elapsed());
-            Ok((prepared.pixels, ids))
+            Ok(Prepared {
+                pixels: prepared.pixels,
+                input_ids: ids,
+                ocr: read,
+            })
         })
         .await
         .map_err(|e| Error::Internal(format!("preprocessing panicked: {e}")))?
@@ -850,4 +889,18 @@ fn check_id(field: &str, value: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// One request prepared for the queue, with what OCR read when the model reads its frame.
+struct Prepared {
+    pixels: Vec<f32>,
+    input_ids: Vec<i64>,
+    ocr: Option<OcrOutcome>,
+}
+
+/// What OCR read on a frame, the note the model therefore sees, and how long reading took.
+struct OcrOutcome {
+    read: OcrRead,
+    model_note: String,
+    took: Duration,
 }

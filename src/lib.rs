@@ -22,6 +22,7 @@ pub mod heatmap;
 pub mod inspector;
 pub mod metrics;
 pub mod model;
+pub mod ocr;
 pub mod preprocess;
 pub mod publish;
 pub mod reviews;

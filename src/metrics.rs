@@ -171,6 +171,8 @@ pub struct Metrics {
     pub queue_seconds: ModelSeconds,
     /// Decode, resize and tokenize time per request.
     pub preprocess_seconds: ModelSeconds,
+    /// Reading the text on the frame per request (models with an `ocr` section).
+    pub ocr_seconds: ModelSeconds,
     /// Time of one batch in the three graphs.
     pub inference_seconds: ModelSeconds,
     /// Time of each stage of a request (per request) or of a batch (per graph), so a benchmark
@@ -382,6 +384,12 @@ impl Metrics {
             "Image decode, resize and note tokenization per request",
             preprocess_seconds.clone(),
         );
+        let ocr_seconds = ModelSeconds::new_with_constructor(latency_histogram);
+        kensa.register(
+            "ocr_duration_seconds",
+            "Reading the text burnt into the frame (detection and recognition) per request",
+            ocr_seconds.clone(),
+        );
         let inference_seconds = ModelSeconds::new_with_constructor(latency_histogram);
         kensa.register(
             "inference_duration_seconds",
@@ -537,6 +545,7 @@ impl Metrics {
             abandoned,
             queue_seconds,
             preprocess_seconds,
+            ocr_seconds,
             inference_seconds,
             stage_seconds,
             model_info,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decision, Disposition};
 use crate::model::manifest::{Grid, Manifest};
+use crate::ocr::OcrRead;
 
 /// The answer to one inspection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +47,13 @@ pub struct Verdict {
     /// How the disposition was reached: thresholds, their origin, the defect class of a fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// The text read on the frame, when the model reads it (its manifest has an `ocr` section
+    /// and OCR is on); a frame without text gives an empty read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocr: Option<OcrRead>,
+    /// The note the model saw (the station's note joined with the text read), when OCR ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_note: Option<String>,
 }
 
 /// Attention over the image patches, row-major, summing to 1.
@@ -72,6 +80,13 @@ pub struct Timings {
     /// The batch in the graphs.
     #[serde(serialize_with = "hundredths")]
     pub inference_ms: f64,
+    /// Reading the text on the frame (part of preprocessing; absent when OCR did not run).
+    #[serde(
+        default,
+        serialize_with = "hundredths",
+        skip_serializing_if = "not_measured"
+    )]
+    pub ocr_ms: f64,
     /// From receipt to verdict.
     #[serde(serialize_with = "hundredths")]
     pub total_ms: f64,
@@ -82,6 +97,10 @@ impl Timings {
     pub fn ms(duration: std::time::Duration) -> f64 {
         duration.as_secs_f64() * 1000.0
     }
+}
+
+fn not_measured(ms: &f64) -> bool {
+    *ms == 0.0
 }
 
 fn hundredths<S: serde::Serializer>(ms: &f64, serializer: S) -> Result<S::Ok, S::Error> {

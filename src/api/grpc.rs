@@ -346,6 +346,7 @@ fn verdict_message(verdict: &Verdict, heatmap_png: Option<Vec<u8>>) -> pb::Verdi
             preprocess_ms: verdict.timings.preprocess_ms,
             inference_ms: verdict.timings.inference_ms,
             total_ms: verdict.timings.total_ms,
+            ocr_ms: verdict.timings.ocr_ms,
         }),
         batch_size: u32::try_from(verdict.batch_size).unwrap_or(u32::MAX),
         received_at: Some(timestamp(&verdict.received_at)),
@@ -366,6 +367,19 @@ fn verdict_message(verdict: &Verdict, heatmap_png: Option<Vec<u8>>) -> pb::Verdi
             temperature: d.temperature,
             thresholds_from: d.thresholds_from.clone(),
         }),
+        ocr: verdict.ocr.as_ref().map(|read| pb::OcrRead {
+            text: read.text.clone(),
+            lines: read
+                .lines
+                .iter()
+                .map(|line| pb::OcrLine {
+                    text: line.text.clone(),
+                    confidence: line.confidence,
+                    r#box: line.bounds.iter().flatten().copied().collect(),
+                })
+                .collect(),
+        }),
+        model_note: verdict.model_note.clone().unwrap_or_default(),
     }
 }
 

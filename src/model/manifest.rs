@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decision::DecisionSpec;
 use crate::drift::ValidationDistribution;
+use crate::ocr::spec::OcrSpec;
 
 /// The schema version this service understands.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -53,6 +54,10 @@ pub struct Manifest {
     /// What validation predictions looked like, for the drift gauges; absent: no drift gauge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_distribution: Option<ValidationDistribution>,
+    /// Reading the text burnt into frames (graphs, region, how it joins the note); absent:
+    /// the model sees the station's note only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocr: Option<OcrSpec>,
 }
 
 /// One class the head can output.
@@ -273,6 +278,9 @@ impl Manifest {
         }
         if let Some(distribution) = &self.validation_distribution {
             distribution.validate()?;
+        }
+        if let Some(ocr) = &self.ocr {
+            ocr.validate()?;
         }
 
         use names::*;

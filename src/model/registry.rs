@@ -27,6 +27,8 @@ use crate::decision::{DecisionPolicy, ThresholdOverride};
 use crate::drift::DriftMonitor;
 use crate::error::Error;
 use crate::metrics::{Metrics, ModelInfoLabels, ModelLabels};
+use crate::ocr::spec::OcrSpec;
+use crate::ocr::{Bgr, OcrReader};
 use crate::preprocess::text::NoteTokenizer;
 
 /// How every model version is loaded and batched.
@@ -48,6 +50,8 @@ pub struct LoadOptions {
     pub thresholds: Vec<ThresholdOverride>,
     /// Recent verdicts the drift gauges compare with validation.
     pub drift_window: usize,
+    /// Leave the manifests' `ocr` sections unused (`--disable-ocr`).
+    pub disable_ocr: bool,
     /// Which discovered versions are loaded.
     pub version_policy: VersionPolicy,
     /// The version a station or line gets when a request names none.
@@ -84,6 +88,16 @@ pub struct LoadedModel {
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     /// Its requests' counts and times (Open Inference Protocol statistics).
     pub stats: ModelStats,
+    /// Its OCR reader, when the manifest has an `ocr` section and OCR is on.
+    pub ocr: Option<ModelOcr>,
+}
+
+/// A model's OCR: the reader and the manifest section that says how its text is used.
+pub struct ModelOcr {
+    /// The opened graphs.
+    pub reader: OcrReader,
+    /// Region, confidence, how the text joins the note.
+    pub spec: OcrSpec,
 }
 
 impl Drop for LoadedModel {
@@ -317,6 +331,8 @@ pub struct Opened {
     pub buckets: BatchBuckets,
     /// Time the warm-up took.
     pub warmup: Duration,
+    /// The OCR reader, when the manifest asks for one and OCR is on.
+    pub ocr: Option<ModelOcr>,
 }
 
 /// Opens the session sets of one version, as many as the threading plan says, and warms each
@@ -360,13 +376,57 @@ pub fn open_and_warm(
             })?;
         }
     }
+    let warmup = started.elapsed();
+    let ocr = match &manifest.ocr {
+        Some(spec) if !options.disable_ocr => Some(open_ocr(
+            runtime,
+            found,
+            spec,
+            threading.sessions,
+            intra_threads,
+        )?),
+        _ => None,
+    };
     Ok(Opened {
         pool,
         tokenizer,
         provider,
         threading,
         buckets,
-        warmup: started.elapsed(),
+        warmup,
+        ocr,
+    })
+}
+
+/// Opens a version's OCR graphs (one pair per session set, so reads run side by side as
+/// batches do) and reads one blank frame through them.
+fn open_ocr(
+    runtime: &Runtime,
+    found: &Discovered,
+    spec: &OcrSpec,
+    sets: usize,
+    intra_threads: usize,
+) -> anyhow::Result<ModelOcr> {
+    let reader = OcrReader::open(
+        runtime,
+        &found.dir.join(&spec.detector),
+        &found.dir.join(&spec.recogniser),
+        sets,
+        intra_threads,
+        spec.settings(),
+    )
+    .with_context(|| format!("OCR graphs of {} in {}", found.name, found.dir.display()))?;
+    let blank = Bgr {
+        width: 64,
+        height: 64,
+        data: vec![0; 64 * 64 * 3],
+    };
+    reader
+        .read(&blank)
+        .map_err(|e| anyhow::anyhow!("OCR warm-up of {} failed: {e}", found.name))?;
+    Ok(ModelOcr {
+        reader,
+        spec: spec.clone(),
     })
 }
 
@@ -425,6 +485,7 @@ pub async fn load_version(
         threading,
         buckets,
         warmup,
+        ocr,
     } = opened;
     let queue = batching::start(
         QueueConfig {
@@ -471,6 +532,7 @@ pub async fn load_version(
         fingerprint: model.fingerprint,
         loaded_at: chrono::Utc::now(),
         stats: ModelStats::default(),
+        ocr,
     };
     tracing::info!(
         model = %loaded.name,
@@ -487,6 +549,7 @@ pub async fn load_version(
         max_queue_delay_ms = options.max_delay.as_secs_f64() * 1000.0,
         warmup_ms = warmup.as_millis() as u64,
         decision = loaded.decision.is_some(),
+        ocr = loaded.ocr.is_some(),
         "model ready"
     );
     if let Some(policy) = &loaded.decision {

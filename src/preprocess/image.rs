@@ -80,6 +80,39 @@ pub fn prepare_image(
     })
 }
 
+/// [`prepare_image`], and the frame at full resolution for reading the text printed on it
+/// (OCR): the one decode serves both unless the model's decode was a JPEG at reduced scale.
+pub fn prepare_image_and_frame(
+    bytes: &[u8],
+    spec: &ImageSpec,
+    limits: &ImageLimits,
+) -> Result<(PreparedImage, DynamicImage), Error> {
+    let started = Instant::now();
+    let decoded = decode(bytes, limits, (spec.width, spec.height))?;
+    let decoded_at = Instant::now();
+    let pixels = to_model_input(&decoded, spec)?;
+    let prepared = PreparedImage {
+        pixels,
+        source_width: decoded.width(),
+        source_height: decoded.height(),
+        decode_time: decoded_at - started,
+        resize_time: decoded_at.elapsed(),
+    };
+    let reduced = match accepted_format(bytes)? {
+        ImageFormat::Jpeg => {
+            let header = jpeg::read_header(bytes)?;
+            (header.width, header.height) != (decoded.width(), decoded.height())
+        }
+        _ => false,
+    };
+    let frame = if reduced {
+        decode(bytes, limits, (u32::MAX, u32::MAX))?
+    } else {
+        decoded
+    };
+    Ok((prepared, frame))
+}
+
 /// Checks sizes, reads the header, and only then decodes under allocation limits; a JPEG at
 /// least twice the `target` size is decoded at reduced scale (see [`jpeg`]). Also used for the
 /// heat map, which is drawn over the image as the station sent it.

@@ -280,6 +280,8 @@ mod tests {
                 metadata: BTreeMap::from([("line".to_string(), line.to_string())]),
                 disposition: None,
                 decision: None,
+                ocr: None,
+                model_note: None,
             },
             note: String::new(),
             image_sha256: id.into(),

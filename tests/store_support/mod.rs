@@ -48,6 +48,8 @@ pub fn verdict(station: &str, inspection: &str, label: &str, metadata: &[(&str, 
             .collect(),
         disposition: None,
         decision: None,
+        ocr: None,
+        model_note: None,
     }
 }
 

@@ -28,7 +28,7 @@ def _threads(n: int) -> None:
 def cmd_generate(a: argparse.Namespace) -> int:
     from kensa_pipeline.data.generator import GenConfig, generate
 
-    p = generate(a.out, GenConfig(seed=a.seed, scale=a.scale))
+    p = generate(a.out, GenConfig(seed=a.seed, scale=a.scale, overlay_share=a.overlay_share))
     print(f"wrote {p}")
     return 0
 
@@ -280,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--scale", type=float, default=1.0, help="1.0 = 455 samples (ASE size)")
+    g.add_argument(
+        "--overlay-share",
+        type=float,
+        default=0.0,
+        help="share of frames with the AOI text overlay burnt in (frames saved at 3x; default 0)",
+    )
     g.set_defaults(func=cmd_generate)
 
     t = sub.add_parser("train", help="train on a dataset folder (notes JSONL or class folders)")

@@ -109,6 +109,30 @@ def validate_manifest(m: dict[str, Any]) -> None:
         validate_distribution(
             _req(m, "validation_distribution", dict, "manifest"), [lab["name"] for lab in labels]
         )
+    if "ocr" in m:
+        validate_ocr(_req(m, "ocr", dict, "manifest"))
+
+
+def validate_ocr(o: dict[str, Any]) -> None:
+    """The optional ``ocr`` section (see models/README.md; the service checks the graphs)."""
+    known = {"detector", "recogniser", "region", "min_confidence", "join", "max_side"}
+    if set(o) - known:
+        raise ValueError(f"ocr: unknown keys {sorted(set(o) - known)}")
+    for key in ("detector", "recogniser"):
+        if not _req(o, key, str, "ocr"):
+            raise ValueError(f"ocr.{key} must name a file")
+    region = o.get("region", "whole")
+    if region != "whole":
+        if not isinstance(region, dict) or set(region) != {"x", "y", "width", "height"}:
+            raise ValueError('ocr.region must be "whole" or {x, y, width, height}')
+        if region["width"] <= 0 or region["height"] <= 0:
+            raise ValueError("ocr.region needs a positive size")
+    if not 0.0 <= float(o.get("min_confidence", 0.5)) <= 1.0:
+        raise ValueError("ocr.min_confidence must be in [0, 1]")
+    if o.get("join", "prepend") not in ("prepend", "append", "when-empty"):
+        raise ValueError("ocr.join must be prepend, append or when-empty")
+    if not 32 <= int(o.get("max_side", 960)) <= 4096:
+        raise ValueError("ocr.max_side must be between 32 and 4096")
 
 
 def _num(d: dict[str, Any], key: str, where: str) -> float:

@@ -87,3 +87,26 @@ def test_folder_dataset(tmp_path: Path) -> None:
     ds = load_folder_dataset(tmp_path, normal="free")
     assert ds.names == ["free", "crack"]
     assert len(ds.samples) == 4 and all(s.note == "" for s in ds.samples)
+
+
+def test_overlay_share_prints_the_units_own_numbers(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    plain = generate(tmp_path / "plain", GenConfig(seed=3, scale=0.03)).parent
+    burnt = generate(tmp_path / "burnt", GenConfig(seed=3, scale=0.03, overlay_share=1.0)).parent
+    plain_rows = [json.loads(x) for x in (plain / "data.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (burnt / "data.jsonl").read_text().splitlines()]
+    assert all("overlay" not in r for r in plain_rows)
+    for row, before in zip(rows, plain_rows, strict=True):
+        assert row["label"] == before["label"]
+        assert row["note"] == before["note"]  # the note's draws are unchanged
+        lot = row["overlay"][0].split()[1]
+        if row["note"]:
+            assert lot in row["note"] or "lot" in row["note"]
+        frame = np.asarray(Image.open(burnt / row["image"]))
+        assert frame.shape == (384, 384)
+    half = generate(tmp_path / "half", GenConfig(seed=3, scale=0.1, overlay_share=0.5)).parent
+    half_rows = [json.loads(x) for x in (half / "data.jsonl").read_text().splitlines()]
+    share = sum("overlay" in r for r in half_rows) / len(half_rows)
+    assert 0.2 < share < 0.8

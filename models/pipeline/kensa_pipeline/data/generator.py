@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kensa_pipeline.overlay import OverlayStyle, draw_overlay, overlay_lines
+
 CLASSES = ["normal", "void", "oversize", "offset", "residue"]
 ASE_COUNTS = {"normal": 225, "void": 92, "oversize": 44, "offset": 50, "residue": 44}
 DISPLAY = {
@@ -82,6 +84,12 @@ class GenConfig:
     p_remark_true: float = 0.5  # remark names the right class
     p_remark_misleading: float = 0.1  # remark names another class
     p_dust_film: float = 0.15  # non-residue unit with a dust film that looks like residue
+    # Share of frames with the machine's text overlay burnt in (unit id, measurements, calls;
+    # kensa_pipeline.overlay). 0 keeps the frames byte-identical to earlier versions; above 0
+    # every frame is saved at overlay_frame_scale x its size (a saved AOI frame, not the
+    # review crop) so the text is legible, and the record gets the printed lines as "overlay".
+    overlay_share: float = 0.0
+    overlay_frame_scale: int = 3
 
 
 def class_counts(scale: float) -> dict[str, int]:
@@ -299,6 +307,15 @@ def format_note(
     label: str, geom: dict[str, float], rng: np.random.Generator, cfg: GenConfig
 ) -> str:
     """Machine/operator note of one unit (lot, strip, position, measurements, remark)."""
+    return describe_unit(label, geom, rng, cfg)[0]
+
+
+def describe_unit(
+    label: str, geom: dict[str, float], rng: np.random.Generator, cfg: GenConfig
+) -> tuple[str, list[str]]:
+    """The note of one unit and the overlay lines its AOI machine prints into the frame (the
+    same lot, position, measurements and calls; no operator remark). Draws from ``rng``
+    exactly as the note alone always did."""
     m = _measurements(label, geom, rng)
     lot = f"L{rng.integers(2401, 2452)}-{rng.integers(1, 20):02d}"
     strip = int(rng.integers(1, 25))
@@ -310,11 +327,35 @@ def format_note(
     if rng.random() < 0.3:
         rng.shuffle(meas)
     remark = _remark(label, rng, cfg)
+    calls = _machine_calls(label, m, rng)
     parts = [f"lot {lot} strip {strip} unit {pos} {unit_via}", ", ".join(meas)]
-    parts.append("aoi call: " + " ".join(_machine_calls(label, m, rng)))
+    parts.append("aoi call: " + " ".join(calls))
     if remark:
         parts.append(f"remark: {remark}")
-    return "; ".join(parts)
+    lines = overlay_lines(lot, pos, m["dia"], m["depth"], m["offset"], calls)
+    return "; ".join(parts), lines
+
+
+def _burn_overlay(
+    img: np.ndarray, lines: list[str], cfg: GenConfig, seed: int, i: int
+) -> tuple[np.ndarray, list[str] | None]:
+    """The frame as saved: enlarged, and for ``overlay_share`` of the units with the overlay
+    printed in a random corner, size and degradation (its own random stream)."""
+    orng = np.random.default_rng([seed, i, 0x0C12])
+    size = img.shape[0] * cfg.overlay_frame_scale
+    frame = Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR)
+    if orng.random() >= cfg.overlay_share:
+        return np.asarray(frame), None
+    style = OverlayStyle(
+        font_size=int(orng.integers(15, 19)),
+        corner=str(orng.choice(["top-left", "bottom-left"])),
+        text_level=255,
+        band_level=None if orng.random() < 0.5 else int(orng.integers(0, 40)),
+        noise_sigma=float(orng.uniform(0.0, 6.0)),
+        blur_radius=float(orng.uniform(0.0, 0.7)),
+    )
+    out = draw_overlay(frame, lines, style, seed=int(orng.integers(1 << 31)))
+    return np.asarray(out), lines
 
 
 def generate(out_dir: str | Path, cfg: GenConfig = GenConfig()) -> Path:
@@ -333,12 +374,18 @@ def generate(out_dir: str | Path, cfg: GenConfig = GenConfig()) -> Path:
         label = labels[int(j)]
         srng = np.random.default_rng([cfg.seed, i])
         img, geom, region = render(label, srng, cfg.p_dust_film)
-        note = format_note(label, geom, srng, cfg)
+        note, lines = describe_unit(label, geom, srng, cfg)
         name = f"images/{i:05d}.png"
+        printed = None
+        if cfg.overlay_share > 0:
+            img, printed = _burn_overlay(img, lines, cfg, cfg.seed, i)
         Image.fromarray(img, mode="L").save(out / name, optimize=False)
         rec: dict[str, object] = {"image": name, "note": note, "label": label}
+        if printed is not None:
+            rec["overlay"] = printed
         if region:
-            rec["region"] = [[round(v, 2) for v in disc] for disc in region]
+            scale = cfg.overlay_frame_scale if cfg.overlay_share > 0 else 1
+            rec["region"] = [[round(v * scale, 2) for v in disc] for disc in region]
         records.append(rec)
         notes_pool.append((label, note))
     # Corrupt notes: empty, or wrong (taken from a unit of another class).
