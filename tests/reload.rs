@@ -109,16 +109,6 @@ impl Load {
     }
 }
 
-async fn metric(server: &TestServer, line_start: &str) -> Option<f64> {
-    server
-        .get_text("/metrics")
-        .await
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_come_and_go_under_load_without_a_failed_request() {
     let repository = tempfile::tempdir().unwrap();
@@ -160,9 +150,9 @@ async fn versions_come_and_go_under_load_without_a_failed_request() {
         "{models}"
     );
     let failures = r#"kensa_model_load_failures_total{model="kensa-demo",version="3"}"#;
-    assert_eq!(metric(&server, failures).await, Some(1.0));
+    assert_eq!(server.metric(failures).await, Some(1.0));
     reload(&server).await;
-    assert_eq!(metric(&server, failures).await, Some(1.0), "not retried");
+    assert_eq!(server.metric(failures).await, Some(1.0), "not retried");
 
     // Version 1 leaves; its last requests finish on it.
     std::fs::remove_dir_all(repository.path().join("kensa-demo/1")).unwrap();

@@ -69,16 +69,6 @@ async fn post_review(
         .unwrap()
 }
 
-async fn metric(server: &TestServer, line_start: &str) -> Option<f64> {
-    server
-        .get_text("/metrics")
-        .await
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_is_stored_beside_the_verdict_once_per_reviewer() {
     let (server, _model) = start(&["--retain-images"]).await;
@@ -124,10 +114,10 @@ async fn a_review_is_stored_beside_the_verdict_once_per_reviewer() {
 
     let confirmed = r#"kensa_reviews_total{station="aoi-07",outcome="confirmed"}"#;
     let overridden = r#"kensa_reviews_total{station="aoi-07",outcome="overridden"}"#;
-    assert_eq!(metric(&server, confirmed).await, Some(1.0));
-    assert_eq!(metric(&server, overridden).await, Some(1.0));
+    assert_eq!(server.metric(confirmed).await, Some(1.0));
+    assert_eq!(server.metric(overridden).await, Some(1.0));
     let agreement = r#"kensa_review_agreement_ratio{model="kensa-demo",version="1"}"#;
-    assert_eq!(metric(&server, agreement).await, Some(0.5));
+    assert_eq!(server.metric(agreement).await, Some(0.5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +166,7 @@ async fn bad_reviews_get_a_clear_4xx_and_change_nothing() {
     let stored: Value = server.get_json("/v1/verdicts/aoi-07/u1").await;
     assert!(stored.get("review").is_none(), "{stored}");
     assert_eq!(
-        metric(&server, "kensa_reviews_total").await,
+        server.metric("kensa_reviews_total").await,
         None,
         "no review was counted"
     );

@@ -155,6 +155,17 @@ impl TestServer {
         response.text().await.expect("text body")
     }
 
+    /// The value of the first sample on `/metrics` whose line starts with `line_start` (a
+    /// metric name and the start of its labels).
+    pub async fn metric(&self, line_start: &str) -> Option<f64> {
+        self.get_text("/metrics")
+            .await
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// GETs `path` and parses the JSON body.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let response = self
