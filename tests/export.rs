@@ -13,13 +13,7 @@ use serde_json::{Value, json};
 /// Normal fixtures pass (0.91), voids go to review (0.96 < 0.975), oversize and offset fail;
 /// verdicts below 0.95 confidence count as unsure, so every fixture's image is kept.
 async fn start() -> (TestServer, tempfile::TempDir) {
-    let model = demo_with_decision(json!({
-        "temperature": 1.0,
-        "pass_threshold": 0.85,
-        "fail_threshold": 0.975,
-        "target_missed_defect_rate": 0.01,
-        "validation": {"split": "test fixture", "n": 10}
-    }));
+    let model = demo_with_decision(common::review_decision());
     let server = TestServer::start(&[
         &format!("--model-repository={}", model.path().display()),
         "--retain-images",

@@ -50,13 +50,7 @@ async fn pipeline(args: Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviewed_verdicts_train_a_model_that_kensa_serves_as_version_2() {
-    let model = demo_with_decision(json!({
-        "temperature": 1.0,
-        "pass_threshold": 0.85,
-        "fail_threshold": 0.975,
-        "target_missed_defect_rate": 0.01,
-        "validation": {"split": "test fixture", "n": 10}
-    }));
+    let model = demo_with_decision(common::review_decision());
     let server = TestServer::start(&[
         &format!("--model-repository={}", model.path().display()),
         "--retain-images",

@@ -9,19 +9,8 @@ use kensa::api::proto::kensa_v1 as pb;
 use kensa::api::proto::kensa_v1::inspection_service_client::InspectionServiceClient;
 use serde_json::{Value, json};
 
-/// Normal fixtures pass (0.91 normal), voids go to review (0.96 < 0.975), oversize fails (0.98).
-fn decision() -> Value {
-    json!({
-        "temperature": 1.0,
-        "pass_threshold": 0.85,
-        "fail_threshold": 0.975,
-        "target_missed_defect_rate": 0.01,
-        "validation": {"split": "test fixture", "n": 10}
-    })
-}
-
 async fn start(extra: &[&str]) -> (TestServer, tempfile::TempDir) {
-    let model = demo_with_decision(decision());
+    let model = demo_with_decision(common::review_decision());
     let repository = format!("--model-repository={}", model.path().display());
     let mut flags = vec![repository.as_str()];
     flags.extend_from_slice(extra);

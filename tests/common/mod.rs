@@ -61,6 +61,18 @@ pub fn demo_with_decision(decision: serde_json::Value) -> tempfile::TempDir {
     dir
 }
 
+/// The review tests' decision section: normal fixtures pass (0.91), voids go to review
+/// (0.96 < 0.975), oversize and offset fail (0.98).
+pub fn review_decision() -> serde_json::Value {
+    serde_json::json!({
+        "temperature": 1.0,
+        "pass_threshold": 0.85,
+        "fail_threshold": 0.975,
+        "target_missed_defect_rate": 0.01,
+        "validation": {"split": "test fixture", "n": 10}
+    })
+}
+
 /// A started server and a client for it.
 pub struct TestServer {
     pub server: Server,
