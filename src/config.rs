@@ -50,6 +50,9 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Where spans are exported, if anywhere.
+    #[command(flatten)]
+    pub traces: TraceArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +65,44 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+/// OpenTelemetry trace export (off unless an endpoint is given).
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Export every span (request, inspect, preprocess, queue wait, batch, store) over OTLP/gRPC
+    /// to this collector, e.g. `http://otel-collector:4317`; unset: no export. A request's
+    /// W3C `traceparent` header (or gRPC metadata entry) makes its spans part of the caller's
+    /// trace.
+    #[arg(long, env = "KENSA_OTLP_ENDPOINT", global = true, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of traces to export (0 to 1); a trace the caller sampled is always kept.
+    #[arg(
+        long,
+        env = "KENSA_OTLP_SAMPLE_RATIO",
+        global = true,
+        default_value_t = 1.0,
+        value_parser = parse_ratio,
+        value_name = "RATIO"
+    )]
+    pub otlp_sample_ratio: f64,
+    /// `service.name` of the exported spans (one per deployment, so a collector can tell
+    /// several kensa instances apart).
+    #[arg(
+        long,
+        env = "KENSA_OTLP_SERVICE_NAME",
+        global = true,
+        default_value = "kensa",
+        value_name = "NAME"
+    )]
+    pub otlp_service_name: String,
+}
+
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{value:?} is not a number from 0 to 1")),
+    }
 }
 
 /// The subcommands.

@@ -430,8 +430,10 @@ impl Inspector {
             image_sha256: image_sha256.clone(),
         };
         let started = Instant::now();
-        let inserted = match tokio::time::timeout_at(unit.deadline, self.store.insert(record)).await
-        {
+        let inserted = tokio::time::timeout_at(unit.deadline, self.store.insert(record))
+            .instrument(tracing::info_span!("store"))
+            .await;
+        let inserted = match inserted {
             Ok(inserted) => inserted?,
             Err(_) => {
                 return Err(Error::DeadlineExceeded {
@@ -530,7 +532,10 @@ impl Inspector {
             pixels,
             input_ids,
             ocr,
-        } = self.preprocess(&model, &request).await?;
+        } = self
+            .preprocess(&model, &request)
+            .instrument(tracing::info_span!("preprocess"))
+            .await?;
         let preprocess_time = preprocess_started.elapsed();
         self.metrics
             .preprocess_seconds
@@ -553,7 +558,10 @@ impl Inspector {
             permit: place,
             span: tracing::Span::current(),
         })?;
-        let result = match tokio::time::timeout_at(deadline, answer).await {
+        let answered = tokio::time::timeout_at(deadline, answer)
+            .instrument(tracing::info_span!("batched"))
+            .await;
+        let result = match answered {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => return Err(Error::Internal("the batch worker dropped a request".into())),
             Err(_) => {

@@ -29,6 +29,7 @@ pub mod reviews;
 pub mod server;
 pub mod stations;
 pub mod store;
+pub mod telemetry;
 pub mod text;
 pub mod transport;
 pub mod verdict;

@@ -1,13 +1,12 @@
 //! The `kensa` command: serve, check, infer.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use kensa::batching::BatchRunner as _;
-use kensa::config::{self, CheckArgs, Cli, Command, InferArgs, LogFormat, ServeArgs};
+use kensa::config::{self, CheckArgs, Cli, Command, InferArgs, ServeArgs};
 use kensa::inspector::{InspectionRequest, Inspector, Limits, Readiness};
 use kensa::metrics::Metrics;
 use kensa::model::pipeline::blank_batch;
@@ -17,7 +16,7 @@ use kensa::preprocess::image::ImageLimits;
 use kensa::server::Server;
 use kensa::store::memory::MemoryStore;
 use kensa::store::retention::ImageRetention;
-use tracing_subscriber::EnvFilter;
+use kensa::telemetry::Telemetry;
 
 fn main() -> ExitCode {
     let cli = match config::parse() {
@@ -27,7 +26,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,25 +36,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match Telemetry::install(cli.log_format, &cli.traces) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("kensa: {error:#}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kensa: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -8,6 +8,8 @@ use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
+use crate::telemetry;
+
 /// The header (HTTP) and metadata key (gRPC) of the request id.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -21,17 +23,20 @@ pub fn propagate_layer() -> PropagateRequestIdLayer {
     PropagateRequestIdLayer::new(REQUEST_ID)
 }
 
-/// The span of one request, carrying its id, method and path.
+/// The span of one request, carrying its id, method and path, in the caller's trace when
+/// the request names one.
 pub fn request_span<B>(request: &Request<B>) -> tracing::Span {
     let id = request
         .extensions()
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         request_id = %id,
         method = %request.method(),
         path = %request.uri().path(),
-    )
+    );
+    telemetry::continue_remote_trace(&span, request.headers());
+    span
 }

@@ -124,7 +124,7 @@ fn run_batch(
     if abandoned == entries.len() {
         return;
     }
-    let batch_span = tracing::debug_span!(
+    let batch_span = tracing::info_span!(
         "batch",
         model = %labels.model,
         version = %labels.version,
