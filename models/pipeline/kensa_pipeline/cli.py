@@ -72,6 +72,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         group_rule=a.group_rule,
         target_missed=a.target_missed,
         cache=Path(a.cache),
+        anomaly_bank=a.anomaly_bank,
     )
     print(res["markdown"])
     print(
@@ -131,6 +132,7 @@ def cmd_cv(a: argparse.Namespace) -> int:
         Path(a.out) if a.out else None,
         image_size=a.image_size,
         with_fused=not a.skip_fused,
+        anomaly_bank=a.anomaly_bank,
     )
     print(cv_markdown(res))
     return 0
@@ -194,6 +196,7 @@ def cmd_make_demo(a: argparse.Namespace) -> int:
         command=_command(),
         tiny=a.tiny,
         target_missed=a.target_missed,
+        anomaly_bank=a.anomaly_bank,
     )
     print(
         json.dumps(
@@ -295,7 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mode", default="cmaf", choices=["image", "text", "concat", "cmaf"])
     t.add_argument("--ablations", action="store_true", help="train all five variants")
     t.add_argument(
-        "--vision", default="tiny", help="preset: tiny | vit-b16 | efficientnet-lite0 (pretrained)"
+        "--vision",
+        default="tiny",
+        help="preset: tiny | vit-b16 | efficientnet-lite0 | efficientnet-lite0-mid (pretrained)",
+    )
+    t.add_argument(
+        "--anomaly-bank",
+        type=int,
+        default=0,
+        help="with --vision efficientnet-lite0-mid: anomaly score against a bank of this many "
+        "normal mid-level patches of the training split, a constant of head.onnx (0 = off)",
     )
     t.add_argument("--hf-vision", default=None, help="local HF CLIP/SigLIP checkpoint dir")
     t.add_argument("--text", default="tiny", help="preset: tiny | minilm | minilm-l6 (pretrained)")
@@ -356,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--skip-fused", action="store_true", help="leave out the text and PFA+CMAF heads"
     )
+    c.add_argument(
+        "--anomaly-bank",
+        type=int,
+        default=0,
+        help="also the anomaly-score variants (mid-level tower, kNN bank of this many normal "
+        "patches from each fold's training split); 0 = off",
+    )
     _train_args(c)
     c.set_defaults(func=cmd_cv)
 
@@ -402,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--untrained", action="store_true", help="random weights (contract preview)")
     d.add_argument("--tiny", action="store_true", help="the tiny from-scratch model (test fixture)")
     d.add_argument("--target-missed", type=float, default=0.01)
+    d.add_argument(
+        "--anomaly-bank",
+        type=int,
+        default=0,
+        help="pretrained demo on the efficientnet-lite0-mid tower with an anomaly bank of this "
+        "many normal patches (0 = the shipped frozen demo)",
+    )
     d.set_defaults(func=cmd_make_demo)
     return p
 

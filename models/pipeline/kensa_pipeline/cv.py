@@ -8,7 +8,10 @@ held-out fold is scored. Variants: ``probe`` (logistic regression on pooled feat
 image-only, and the fused PFA+CMAF model with its notes emptied (and with its notes, when
 the data has any); with ``cfg.finetune_blocks`` also the image-only model whose tower's last
 blocks and head conv train with the head (same folds, same splits; see
-:mod:`kensa_pipeline.train_heads`). Figures: mean ± sd over folds.
+:mod:`kensa_pipeline.train_heads`). With ``anomaly_bank`` > 0 also, on the mid-level tower
+(``efficientnet-lite0-mid``), the probe on the pooled features plus the anomaly summary and
+the image-only head with the anomaly module (:mod:`kensa_pipeline.anomaly`; bank built per
+fold from the training split's normals only). Figures: mean ± sd over folds.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kensa_pipeline.anomaly import anomaly_data
 from kensa_pipeline.data.formats import Dataset, grouped_stratified_folds, load_dataset
 from kensa_pipeline.decision import build_decision, held_out_report
 from kensa_pipeline.evaluate import compute_metrics
@@ -59,9 +63,10 @@ def run_cv(
     log: Any = sys.stderr,
     image_size: int = 224,
     with_fused: bool = True,
+    anomaly_bank: int = 0,
 ) -> dict[str, Any]:
     from kensa_pipeline.demo import PRETRAINED_MAX_TOKENS
-    from kensa_pipeline.models.efficientnet import LITE_MEAN, LITE_STD, tuned_start
+    from kensa_pipeline.models.efficientnet import LITE_MEAN, LITE_STD, MID_WIDTH, tuned_start
     from kensa_pipeline.models.text import minilm_tokenizer_path, text_preset
     from kensa_pipeline.models.vision import vision_preset
     from kensa_pipeline.train import fusion_config, fusion_init
@@ -89,6 +94,24 @@ def run_cv(
         cache / "features",
         threads=torch.get_num_threads(),
     )
+    mid_spec = None
+    mid_feats = None
+    if anomaly_bank > 0:
+        # The mid-level tower (efficientnet-lite0-mid): its own exported graph and features.
+        mid_spec = replace(
+            spec,
+            vision=vision_preset("efficientnet-lite0-mid", image_size=image_size),
+            anomaly_bank=anomaly_bank,
+        )
+        mid_feats = extract_features(
+            ds,
+            towers_for(replace(mid_spec, anomaly_bank=0), cache),
+            image,
+            minilm_tokenizer_path(),
+            spec.max_tokens,
+            cache / "features",
+            threads=torch.get_num_threads(),
+        )
     maps = None
     if cfg.finetune_blocks > 0:
         maps = extract_maps(ds, image, tuned_start(cfg.finetune_blocks), cache / "features")
@@ -163,6 +186,35 @@ def run_cv(
                 head_outputs(ft, feats, va, maps=maps)["logits"],
                 va,
             )
+        if mid_spec is not None and mid_feats is not None:
+            trn = tr[y[tr] == ni]
+            ad = anomaly_data(
+                mid_feats.patch, ds.groups(), trn, tr, MID_WIDTH, anomaly_bank, seed + k
+            )
+            px = np.concatenate([pooled, ad.summary.numpy()], axis=1)
+            fit = fit_probe(px, y, len(names), tr)
+            add(
+                "probe + anomaly summary",
+                probe_logits(px[te], fit),
+                te,
+                probe_logits(px[va], fit),
+                va,
+            )
+            am, _ = train_head(
+                replace(mid_spec, mode="image"),
+                mid_feats,
+                y,
+                splits,
+                replace(cfg, pfa_weight=0.0),
+                anomaly=ad,
+            )
+            add(
+                ANOMALY_VARIANT,
+                head_outputs(am, mid_feats, te, anomaly=ad)["logits"],
+                te,
+                head_outputs(am, mid_feats, va, anomaly=ad)["logits"],
+                va,
+            )
         if not with_fused:
             _log_fold(log, k, folds, te, va, tr, results)
             continue
@@ -225,6 +277,9 @@ def _log_fold(
             file=log,
             flush=True,
         )
+
+
+ANOMALY_VARIANT = "image-only + anomaly (mid-level kNN bank)"
 
 
 def finetuned_name(blocks: int) -> str:

@@ -66,8 +66,11 @@ def build_demo(
     tiny: bool = False,
     cache: Path = Path(".cache"),
     target_missed: float = 0.01,
+    anomaly_bank: int = 0,
 ) -> dict[str, Any]:
-    """Build a model folder: the pretrained demo (default) or the tiny test fixture."""
+    """Build a model folder: the pretrained demo (default) or the tiny test fixture.
+    ``anomaly_bank`` > 0: the ``efficientnet-lite0-mid`` tower and heads with an anomaly
+    bank of that many normal patches (kensa_pipeline.anomaly)."""
     if tiny or untrained:
         return build_tiny(out, data_dir, seed, scale, untrained, train_kwargs, command)
     from kensa_pipeline.evaluate import evaluate_folder, model_card
@@ -99,15 +102,16 @@ def build_demo(
         for lab in ds.labels
     ]
     spec = ModelSpec(
-        vision=vision_preset("efficientnet-lite0"),
+        vision=vision_preset("efficientnet-lite0-mid" if anomaly_bank else "efficientnet-lite0"),
         text=text_preset("minilm-l6"),
         labels=ds.names,
         normal_label=ds.labels[ds.normal_index].name,
         image_mean=[LITE_MEAN],
         image_std=[LITE_STD],
         max_tokens=PRETRAINED_MAX_TOKENS,
+        anomaly_bank=anomaly_bank,
     )
-    towers = towers_for(spec, cache)
+    towers = towers_for(replace(spec, anomaly_bank=0), cache)
     feats = extract_features(
         ds,
         towers,
@@ -127,7 +131,14 @@ def build_demo(
     res = run_frozen(ds, splits, spec, cfg, feats, VARIANTS, target_missed, work / "runs")
     model = res["model"]
     loc = {k: v["localized"]["hit"] for k, v in res["pointing"].items()}
-    best_map = "cam" if loc.get("attention_cam", 0) >= loc.get("attention_cmaf", 0) else "cmaf"
+    # the map that localizes best in the pointing game (ties: CAM, then CMAF, then anomaly)
+    order = ["attention_cam", "attention_cmaf", "attention_anomaly"]
+    best_key = max(
+        (k for k in order if k in loc),
+        key=lambda k: (loc[k], -order.index(k)),
+        default="attention_cam",
+    )
+    best_map = best_key.removeprefix("attention_")
     model.spec = replace(model.spec, attention_map=best_map)
     model.head.attention_map = best_map
     attach_towers(model)

@@ -145,6 +145,7 @@ def model_card(
     for key, title in (
         ("attention_cam", "CAM (head's linear patch classifier)"),
         ("attention_cmaf", "CMAF text->image attention"),
+        ("attention_anomaly", "anomaly distance to the normal-patch bank"),
     ):
         if key in pg:
             loc = pg[key]["localized"]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from kensa_pipeline.anomaly import anomaly_data
 from kensa_pipeline.data.formats import Dataset
 from kensa_pipeline.decision import (
     build_decision,
@@ -28,6 +29,7 @@ from kensa_pipeline.evaluate import compute_metrics, markdown_table
 from kensa_pipeline.features import FeatureSet
 from kensa_pipeline.localize import pointing_game, summarize
 from kensa_pipeline.models import efficientnet, text
+from kensa_pipeline.models.efficientnet import MID_WIDTH
 from kensa_pipeline.models.kensa import KensaModel, ModelSpec, load_pretrained_towers
 from kensa_pipeline.train_heads import (
     fit_probe,
@@ -134,6 +136,13 @@ def run_frozen(
     te, va = splits["test"], splits["val"]
     names = ds.names
     ni = ds.normal_index
+    anom = None
+    if spec.anomaly_bank:
+        # bank: the training split's normals (their own group left out when they are scored)
+        tr = splits["train"]
+        anom = anomaly_data(
+            feats.patch, ds.groups(), tr[y[tr] == ni], tr, MID_WIDTH, spec.anomaly_bank, cfg.seed
+        )
     rows: list[dict[str, Any]] = []
     trained: dict[str, KensaModel] = {}
     if probe:
@@ -160,14 +169,22 @@ def run_frozen(
             print(f"== {name}", file=log, flush=True)
         tune = maps is not None and mode == "image"
         model, info = train_head(
-            vspec, feats, y, splits, vcfg, log=None, init=init, maps=maps if tune else None
+            vspec,
+            feats,
+            y,
+            splits,
+            vcfg,
+            log=None,
+            init=init,
+            maps=maps if tune else None,
+            anomaly=anom,
         )
         if tune:
             tuned_from = model.spec.vision_tuned_from
             feats = tuned_features(model, feats, maps)
         if mode in ("image", "text"):
             trained[mode] = model
-        out = head_outputs(model, feats, te)
+        out = head_outputs(model, feats, te, anomaly=anom)
         rows.append(
             {
                 "variant": name,
@@ -187,7 +204,7 @@ def run_frozen(
             model.save(d)
             (d / "history.json").write_text(json.dumps(info, indent=2))
         if mode in ("concat", "cmaf"):
-            oe = head_outputs(model, feats, te, empty_notes=True)
+            oe = head_outputs(model, feats, te, empty_notes=True, anomaly=anom)
             rows.append(
                 {
                     "variant": f"{name}, notes emptied",
@@ -196,19 +213,22 @@ def run_frozen(
             )
     if model is None:
         raise ValueError("no variant to train")
-    val_logits = head_outputs(model, feats, va)["logits"]
+    val_logits = head_outputs(model, feats, va, anomaly=anom)["logits"]
     decision = build_decision(val_logits, y[va], ni, target_missed, f"val ({len(va)} samples)")
-    out = head_outputs(model, feats, te)
+    out = head_outputs(model, feats, te, anomaly=anom)
     held = held_out_report(decision, out["logits"], y[te], ni)
     held_empty = held_out_report(
-        decision, head_outputs(model, feats, te, empty_notes=True)["logits"], y[te], ni
+        decision,
+        head_outputs(model, feats, te, empty_notes=True, anomaly=anom)["logits"],
+        y[te],
+        ni,
     )
     vdist = validation_distribution(softmax(val_logits, decision["temperature"]), names)
     regions, sizes = regions_and_sizes(ds, te)
     labels = [ds.samples[int(i)].label for i in te]
     pointing: dict[str, Any] = {}
     if any(regions):
-        for key in ("attention_cmaf", "attention_cam"):
+        for key in [k for k in out if k.startswith("attention_")]:
             pg = pointing_game(out[key], regions, sizes, labels)
             pointing[key] = {"per_class": pg, "localized": summarize(pg, LOCALIZED)}
     m = compute_metrics(y[te], out["logits"].argmax(1), names, ni)

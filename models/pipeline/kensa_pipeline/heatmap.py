@@ -91,7 +91,10 @@ def save_overlays(
             continue
         s = ds.samples[int(idx[best])]
         panels = []
-        for key, title in (("attention_cam", "CAM"), ("attention_cmaf", "CMAF attention")):
+        maps = [("attention_cam", "CAM"), ("attention_cmaf", "CMAF attention")]
+        if "attention_anomaly" in outputs:
+            maps.append(("attention_anomaly", "anomaly"))
+        for key, title in maps:
             tag = " (shipped)" if key.endswith(shipped) else ""
             panels.append(
                 overlay(s.image, outputs[key][best], s.region, f"{cls} p={best_p:.2f} {title}{tag}")

