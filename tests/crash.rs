@@ -10,7 +10,7 @@ mod store_support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,33 +35,14 @@ impl Kensa {
 
     /// Starts `kensa serve` on `data` with `extra` flags.
     fn start_with(data: &Path, extra: &[String]) -> Kensa {
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let http = port();
+        let http = common::free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data.join("kensa.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kensa"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "serve".to_string(),
-                "--http-host=127.0.0.1".into(),
-                format!("--http-port={http}"),
-                "--grpc-host=127.0.0.1".into(),
-                format!("--grpc-port={}", port()),
-                format!("--model-repository={}", common::demo_dir().display()),
-                format!("--data-dir={}", data.display()),
-                "--device=cpu".into(),
-                "--warmup-batches=1".into(),
-                "--max-queue-delay=5ms".into(),
-            ])
+        let child = common::kensa_serve(http, data)
+            .arg("--max-queue-delay=5ms")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

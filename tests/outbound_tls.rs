@@ -3,6 +3,7 @@
 //! (`sslmode=verify-full` with `sslrootcert`), and a Mosquitto broker with a TLS listener and a
 //! password (the publisher with `tls`, a user and a password).
 
+mod common;
 mod store_support;
 
 use std::path::{Path, PathBuf};
@@ -29,14 +30,6 @@ fn certificates(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
     dir.join("ca.pem")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn root() -> bool {
@@ -139,7 +132,7 @@ impl TlsPostgres {
             "hostssl all all 127.0.0.1/32 trust\n",
         )
         .unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let options = format!(
             "-p {port} -k {data_text} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on \
              -c ssl_cert_file=server.pem -c ssl_key_file=server.key"
@@ -262,7 +255,7 @@ impl TlsBroker {
                 .unwrap()
                 .success()
         );
-        let port = free_port();
+        let port = common::free_port();
         let config = dir.path().join("mosquitto.conf");
         std::fs::write(
             &config,

@@ -79,30 +79,10 @@ async fn start_collector() -> (SocketAddr, Received) {
     (address, received)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_kensa(http: u16, collector: SocketAddr, data: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kensa"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "serve".to_string(),
-            "--http-host=127.0.0.1".into(),
-            format!("--http-port={http}"),
-            "--grpc-host=127.0.0.1".into(),
-            format!("--grpc-port={}", free_port()),
-            format!("--model-repository={}", common::demo_dir().display()),
-            format!("--data-dir={}", data.display()),
-            "--device=cpu".into(),
-            "--warmup-batches=1".into(),
-            format!("--otlp-endpoint=http://{collector}"),
-            "--otlp-service-name=kensa-line-3".into(),
-        ])
+    common::kensa_serve(http, data)
+        .arg(format!("--otlp-endpoint=http://{collector}"))
+        .arg("--otlp-service-name=kensa-line-3")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -113,7 +93,7 @@ fn start_kensa(http: u16, collector: SocketAddr, data: &std::path::Path) -> Chil
 async fn spans_reach_the_collector_in_the_callers_trace() {
     let (collector, received) = start_collector().await;
     let data = tempfile::tempdir().unwrap();
-    let http = free_port();
+    let http = common::free_port();
     let mut kensa = start_kensa(http, collector, data.path());
     let base = format!("http://127.0.0.1:{http}");
     let client = reqwest::Client::new();

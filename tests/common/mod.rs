@@ -16,6 +16,35 @@ pub fn demo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo")
 }
 
+/// A loopback port that was free a moment ago, for servers started as child processes (which
+/// cannot report a port 0 back).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// The real `kensa serve` binary as a child process on loopback: HTTP on `http`, gRPC on a
+/// free port, the demo model on CPU, data in `data`, one warm-up batch. Callers add flags and
+/// choose where its output goes.
+pub fn kensa_serve(http: u16, data: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kensa"));
+    command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "serve".to_string(),
+        "--http-host=127.0.0.1".into(),
+        format!("--http-port={http}"),
+        "--grpc-host=127.0.0.1".into(),
+        format!("--grpc-port={}", free_port()),
+        format!("--model-repository={}", demo_dir().display()),
+        format!("--data-dir={}", data.display()),
+        "--device=cpu".into(),
+        "--warmup-batches=1".into(),
+    ]);
+    command
+}
+
 /// Serve arguments for a test: loopback, port 0, the demo model, plus `extra` flags.
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
     let demo = demo_dir();
