@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kensa_pipeline.data.formats import Dataset
+from kensa_pipeline.data.formats import Dataset, Sample
 from kensa_pipeline.preprocess import preprocess_file
 from kensa_pipeline.tokenizer import encode_batch, load_tokenizer
 
@@ -51,6 +51,23 @@ class FeatureSet:
         # trim to the longest row of this batch (what the service sends)
         t = int(mk.sum(dim=1).max())
         return st[:, :t], mk[:, :t]
+
+
+def preprocess_batch(samples: list[Sample], image: dict[str, Any]) -> np.ndarray:
+    """The samples' images as one model-input batch, by the manifest's image section."""
+    return np.stack(
+        [
+            preprocess_file(
+                x.image,
+                image["height"],
+                image["width"],
+                image["channels"],
+                image["mean"],
+                image["std"],
+            )
+            for x in samples
+        ]
+    )
 
 
 def _sha(path: Path) -> str:
@@ -103,19 +120,7 @@ def extract_features(
     n = len(ds.samples)
     patches, pooled = [], []
     for s in range(0, n, batch):
-        px = np.stack(
-            [
-                preprocess_file(
-                    x.image,
-                    image["height"],
-                    image["width"],
-                    image["channels"],
-                    image["mean"],
-                    image["std"],
-                )
-                for x in ds.samples[s : s + batch]
-            ]
-        )
+        px = preprocess_batch(ds.samples[s : s + batch], image)
         p, q = vis.run(None, {"pixel_values": px})
         patches.append(p)
         pooled.append(q)
@@ -205,19 +210,7 @@ def extract_maps(
     out = []
     with torch.no_grad():
         for s in range(0, len(ds.samples), batch):
-            px = np.stack(
-                [
-                    preprocess_file(
-                        x.image,
-                        image["height"],
-                        image["width"],
-                        image["channels"],
-                        image["mean"],
-                        image["std"],
-                    )
-                    for x in ds.samples[s : s + batch]
-                ]
-            )
+            px = preprocess_batch(ds.samples[s : s + batch], image)
             x = enc.prepare(torch.from_numpy(px))
             out.append(enc.net.features(x, 0, start).numpy())
     arr = np.concatenate(out).astype(np.float32)
