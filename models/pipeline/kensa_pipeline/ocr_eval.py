@@ -6,7 +6,10 @@ dataset that differ only in the note, to train on the same split and seed.
   ``tests/fixtures/ocr``), as a station that sends bare frames would get it.
 * ``image/`` - no note.
 
-    python -m kensa_pipeline.ocr_eval --data DATA --out OUT
+    python -m kensa_pipeline.ocr_eval --data DATA --out OUT [--reader overlay]
+
+``--reader`` picks the graphs (:data:`kensa_pipeline.ocr_fixtures.READERS`): the wheel's
+PP-OCRv4 (default) or the overlay-font reader in ``models/ocr-overlay``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from kensa_pipeline.ocr_fixtures import reference_read
+from kensa_pipeline.ocr_fixtures import READERS, reference_read
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -46,15 +49,16 @@ def cer(printed: list[str], read: str) -> tuple[int, int, int, int]:
     )
 
 
-def run(data: Path, out: Path) -> dict[str, Any]:
-    """Reads every overlaid frame of ``data``, writes the three variants, returns the CER."""
+def run(data: Path, out: Path, reader: str = "pp-ocrv4") -> dict[str, Any]:
+    """Reads every overlaid frame of ``data`` with ``reader``, writes the three variants,
+    returns the CER."""
     rows = [json.loads(x) for x in (data / "data.jsonl").read_text().splitlines() if x.strip()]
     errors = chars = bare_errors = bare_chars = read_count = 0
     notes: list[str] = []
     for row in rows:
         text = ""
         if "overlay" in row:
-            lines = reference_read(Image.open(data / row["image"]))
+            lines = reference_read(Image.open(data / row["image"]), reader)
             text = "\n".join(line["text"] for line in lines)
             e, n, be, bn = cer(row["overlay"], text)
             errors, chars, bare_errors, bare_chars = (
@@ -77,6 +81,7 @@ def run(data: Path, out: Path) -> dict[str, Any]:
                 note = {"station": row["note"], "ocr": text, "image": ""}[variant]
                 f.write(json.dumps({**row, "note": note}, ensure_ascii=False) + "\n")
     result = {
+        "reader": reader,
         "frames_read": read_count,
         "cer": errors / max(chars, 1),
         "cer_without_spaces": bare_errors / max(bare_chars, 1),
@@ -91,8 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reader", choices=sorted(READERS), default="pp-ocrv4")
     args = parser.parse_args()
-    print(json.dumps(run(args.data, args.out), indent=2))
+    print(json.dumps(run(args.data, args.out, args.reader), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """OCR parity fixtures for the service's reader (``tests/fixtures/ocr``).
 
 Small frames with an AOI-style overlay (:mod:`kensa_pipeline.overlay`) and what the Python
-reference, ``rapidocr_onnxruntime.RapidOCR`` 1.4.4 (PP-OCRv4 detection and recognition, no
-angle classifier), reads on them: per line the text, its confidence and its four corners.
-The Rust test ``tests/ocr.rs`` reads the same images with ``src/ocr`` and must find the same
-texts and boxes within 2 px.
+reference, ``rapidocr_onnxruntime.RapidOCR`` 1.4.4 (no angle classifier), reads on them with
+each reader's graphs: per line the text, its confidence and its four corners. Readers:
+``pp-ocrv4`` (PP-OCRv4 from the wheel, ``expected.json``) and ``overlay`` (the overlay-font
+reader of :mod:`kensa_pipeline.overlay_reader` in ``models/ocr-overlay``,
+``expected-overlay.json``). The Rust test ``tests/ocr.rs`` reads the same images with
+``src/ocr`` and must find the same texts and boxes within 2 px.
 
-    python -m kensa_pipeline.ocr_fixtures --out tests/fixtures/ocr
+    python -m kensa_pipeline.ocr_fixtures --out tests/fixtures/ocr [--reader overlay]
 """
 
 from __future__ import annotations
@@ -77,17 +79,33 @@ def render_case(case: Case) -> Image.Image:
     return draw_overlay(image, list(case.lines), case.style, seed=case.seed)
 
 
+ROOT = Path(__file__).resolve().parents[3]
+# Each reader's graphs (None: the wheel's own PP-OCRv4) and the file its fixtures go to.
+READERS: dict[str, tuple[tuple[Path, Path] | None, str]] = {
+    "pp-ocrv4": (None, "expected.json"),
+    "overlay": (
+        (ROOT / "models/ocr-overlay/detector.onnx", ROOT / "models/ocr-overlay/recogniser.onnx"),
+        "expected-overlay.json",
+    ),
+}
+
+
 @functools.cache
-def _engine() -> Any:
-    """The reference reader, opened once (its sessions take longer to open than to run)."""
+def _engine(reader: str) -> Any:
+    """The reference with ``reader``'s graphs, opened once (opening costs more than a read)."""
     from rapidocr_onnxruntime import RapidOCR
 
-    return RapidOCR(**REFERENCE_SETTINGS)
+    graphs, _ = READERS[reader]
+    if graphs is None:
+        return RapidOCR(**REFERENCE_SETTINGS)
+    det, rec = graphs
+    return RapidOCR(det_model_path=str(det), rec_model_path=str(rec), **REFERENCE_SETTINGS)
 
 
-def reference_read(image: Image.Image) -> list[dict[str, Any]]:
-    """What rapidocr reads on ``image``: per line text, confidence and box (4 corners)."""
-    engine = _engine()
+def reference_read(image: Image.Image, reader: str = "pp-ocrv4") -> list[dict[str, Any]]:
+    """What rapidocr reads on ``image`` with ``reader``'s graphs: per line text, confidence
+    and box (4 corners)."""
+    engine = _engine(reader)
     bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
     result, _ = engine(bgr, use_cls=False)
     lines: list[dict[str, Any]] = []
@@ -102,8 +120,9 @@ def reference_read(image: Image.Image) -> list[dict[str, Any]]:
     return lines
 
 
-def write_fixtures(out: Path) -> Path:
-    """Writes every case's PNG and ``expected.json`` into ``out``; returns the JSON path."""
+def write_fixtures(out: Path, reader: str = "pp-ocrv4") -> Path:
+    """Writes every case's PNG and what ``reader`` reads on it into ``out``; returns the JSON
+    path."""
     out.mkdir(parents=True, exist_ok=True)
     cases = []
     for case in CASES:
@@ -114,12 +133,16 @@ def write_fixtures(out: Path) -> Path:
             {
                 "image": file,
                 "printed": list(case.lines),
-                "lines": reference_read(Image.open(out / file)),
+                "lines": reference_read(Image.open(out / file), reader),
             }
         )
-    path = out / "expected.json"
+    graphs, name = READERS[reader]
+    path = out / name
     document: dict[str, Any] = {
         "reference": "rapidocr_onnxruntime==1.4.4",
+        "graphs": "PP-OCRv4 (the wheel's)"
+        if graphs is None
+        else [str(g.relative_to(ROOT)) for g in graphs],
         "settings": REFERENCE_SETTINGS,
         "cases": cases,
     }
@@ -131,8 +154,9 @@ def main() -> None:
     """Command line: write the fixtures into --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reader", choices=sorted(READERS), default="pp-ocrv4")
     args = parser.parse_args()
-    print(write_fixtures(args.out))
+    print(write_fixtures(args.out, args.reader))
 
 
 if __name__ == "__main__":

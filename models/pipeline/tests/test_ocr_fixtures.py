@@ -1,6 +1,8 @@
 """The Python side of the OCR parity: the fixture frames are reproducible from their recipe and
-the reference (rapidocr) still reads on them what ``tests/fixtures/ocr/expected.json``
-records; the Rust side (``tests/ocr.rs``) must read the same."""
+the reference (rapidocr) still reads on them, with each reader's graphs, what
+``tests/fixtures/ocr/expected.json`` (PP-OCRv4) and ``expected-overlay.json`` (the
+overlay-font reader in ``models/ocr-overlay``) record; the Rust side (``tests/ocr.rs``) must
+read the same."""
 
 from __future__ import annotations
 
@@ -8,16 +10,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from kensa_pipeline.ocr_fixtures import CASES, reference_read, render_case
+from kensa_pipeline.ocr_fixtures import CASES, READERS, reference_read, render_case
 from kensa_pipeline.overlay import OverlayStyle, background, draw_overlay, overlay_lines
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "ocr"
 
 
-def expected() -> dict:
-    return json.loads((FIXTURES / "expected.json").read_text())
+def expected(reader: str = "pp-ocrv4") -> dict:
+    return json.loads((FIXTURES / READERS[reader][1]).read_text())
 
 
 def test_fixture_frames_are_reproducible() -> None:
@@ -26,15 +29,17 @@ def test_fixture_frames_are_reproducible() -> None:
         assert np.array_equal(np.asarray(render_case(case)), committed), case.name
 
 
-def test_fixtures_cover_several_lines_and_a_frame_without_text() -> None:
-    counts = [len(c["lines"]) for c in expected()["cases"]]
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_fixtures_cover_several_lines_and_a_frame_without_text(reader: str) -> None:
+    counts = [len(c["lines"]) for c in expected(reader)["cases"]]
     assert 0 in counts
     assert max(counts) >= 2
 
 
-def test_reference_reads_what_expected_json_records() -> None:
-    for case in expected()["cases"]:
-        lines = reference_read(Image.open(FIXTURES / case["image"]))
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_reference_reads_what_the_fixtures_record(reader: str) -> None:
+    for case in expected(reader)["cases"]:
+        lines = reference_read(Image.open(FIXTURES / case["image"]), reader)
         assert [line["text"] for line in lines] == [line["text"] for line in case["lines"]]
         for got, want in zip(lines, case["lines"], strict=True):
             assert np.allclose(got["box"], want["box"], atol=1.0), case["image"]
@@ -47,6 +52,17 @@ def test_reference_reads_the_printed_digits() -> None:
         read = "".join(line["text"] for line in case["lines"])
         printed = "".join(case["printed"]).replace(" ", "")
         assert read.replace(" ", "") == printed, case["image"]
+
+
+def test_overlay_reader_reads_the_printed_lines_spaces_included() -> None:
+    from kensa_pipeline.ocr_eval import edit_distance
+
+    for case in expected("overlay")["cases"]:
+        read = "\n".join(line["text"] for line in case["lines"])
+        printed = "\n".join(case["printed"])
+        # The degraded frame (15 px, noise sigma 6, blur 0.6) costs it two characters of 52.
+        allowed = 2 if case["image"] == "degraded.png" else 0
+        assert edit_distance(printed, read) <= allowed, (case["image"], read)
 
 
 def test_overlay_lines_carry_the_unit_and_its_measurements() -> None:
@@ -65,8 +81,6 @@ def test_overlay_prints_in_the_chosen_corner() -> None:
 
 
 def test_manifest_ocr_section_is_checked() -> None:
-    import pytest
-
     from kensa_pipeline.manifest import validate_ocr
 
     validate_ocr({"detector": "d.onnx", "recogniser": "r.onnx", "join": "when-empty"})
