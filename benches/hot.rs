@@ -1,5 +1,6 @@
 //! The hot functions of one request, timed in isolation so a regression shows up as a diff of
-//! numbers: decode + preprocess per frame size, tokenize, batch assembly, verdict JSON.
+//! numbers: decode + preprocess per frame size, tokenize, batch assembly, verdict JSON, and
+//! reading a frame's overlay with the committed overlay-font reader (its graphs included).
 //!
 //! `cargo bench --bench hot` runs them; CI only builds them (timings need a quiet machine).
 
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use kensa::batching::BatchInput;
 use kensa::model::manifest::Manifest;
+use kensa::model::runtime::{DeviceChoice, Runtime, RuntimeOptions};
+use kensa::ocr::{Bgr, OcrReader, OcrSettings};
 use kensa::preprocess::image::{ImageLimits, prepare_image};
 use kensa::preprocess::text::NoteTokenizer;
 use kensa::verdict::{Scores, Timings, Verdict};
@@ -95,4 +98,35 @@ fn verdict_json(bencher: divan::Bencher) {
         };
         serde_json::to_vec(&verdict).expect("serialises")
     });
+}
+
+/// One read of a two-line overlay on a 320x240 frame (`tests/fixtures/ocr/two_lines.png`) with
+/// `models/ocr-overlay`, one thread: detection, crops, recognition and decoding.
+#[divan::bench]
+fn ocr_read_overlay(bencher: divan::Bencher) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let options = RuntimeOptions {
+        library: None,
+        device: DeviceChoice::Cpu,
+        device_id: 0,
+        trt_fp16: false,
+        trt_engine_cache: None,
+        cuda_memory_limit: None,
+        intra_threads: 1,
+        ort_spin: false,
+    };
+    let runtime = Runtime::init(&options).expect("ONNX Runtime (scripts/setup-ort.sh)");
+    let graphs = root.join("models/ocr-overlay");
+    let reader = OcrReader::open(
+        runtime,
+        &graphs.join("detector.onnx"),
+        &graphs.join("recogniser.onnx"),
+        1,
+        1,
+        OcrSettings::default(),
+    )
+    .expect("overlay reader");
+    let image = image::open(root.join("tests/fixtures/ocr/two_lines.png")).expect("fixture");
+    let frame = Bgr::from_image(&image);
+    bencher.bench_local(|| reader.read(divan::black_box(&frame)).expect("reads"));
 }

@@ -1,8 +1,9 @@
 //! Parity of the service's OCR reader (`src/ocr`) with the Python reference
 //! (`rapidocr_onnxruntime` 1.4.4) on the fixtures written by
-//! `python -m kensa_pipeline.ocr_fixtures --out tests/fixtures/ocr`: the same lines in the same
-//! order, the same text exactly, every corner within 2 px. Needs the graphs from
-//! `scripts/setup-ocr.sh` (scripts/test.sh runs it).
+//! `python -m kensa_pipeline.ocr_fixtures --out tests/fixtures/ocr [--reader overlay]`: the
+//! same lines in the same order, the same text exactly, every corner within 2 px, for both
+//! readers: PP-OCRv4 (graphs from `scripts/setup-ocr.sh`, which scripts/test.sh runs) and the
+//! overlay-font reader committed in `models/ocr-overlay`.
 
 use std::path::{Path, PathBuf};
 
@@ -33,8 +34,29 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The reader on the CPU with the graphs from `.ocr/`.
+/// The reader on the CPU with the PP-OCRv4 graphs from `.ocr/`.
 pub fn reader(settings: OcrSettings) -> OcrReader {
+    let dir = root().join(".ocr");
+    let det = dir.join("ch_PP-OCRv4_det_infer.onnx");
+    let rec = dir.join("ch_PP-OCRv4_rec_infer.onnx");
+    assert!(
+        det.exists() && rec.exists(),
+        "run scripts/setup-ocr.sh first"
+    );
+    open(&det, &rec, settings)
+}
+
+/// The reader on the CPU with the overlay-font graphs from `models/ocr-overlay`.
+fn overlay_reader() -> OcrReader {
+    let dir = root().join("models/ocr-overlay");
+    open(
+        &dir.join("detector.onnx"),
+        &dir.join("recogniser.onnx"),
+        OcrSettings::default(),
+    )
+}
+
+fn open(det: &Path, rec: &Path, settings: OcrSettings) -> OcrReader {
     let options = RuntimeOptions {
         library: None,
         device: DeviceChoice::Cpu,
@@ -46,24 +68,16 @@ pub fn reader(settings: OcrSettings) -> OcrReader {
         ort_spin: false,
     };
     let runtime = Runtime::init(&options).expect("ONNX Runtime (scripts/setup-ort.sh)");
-    let dir = root().join(".ocr");
-    let det = dir.join("ch_PP-OCRv4_det_infer.onnx");
-    let rec = dir.join("ch_PP-OCRv4_rec_infer.onnx");
-    assert!(
-        det.exists() && rec.exists(),
-        "run scripts/setup-ocr.sh first"
-    );
-    OcrReader::open(runtime, &det, &rec, 1, 1, settings).expect("OCR graphs open")
+    OcrReader::open(runtime, det, rec, 1, 1, settings).expect("OCR graphs open")
 }
 
 fn frame(path: &Path) -> Bgr {
     Bgr::from_image(&image::open(path).expect("fixture image"))
 }
 
-#[test]
-fn reads_what_the_python_reference_reads() {
-    let dir = root().join("tests/fixtures/ocr");
-    let text = std::fs::read_to_string(dir.join("expected.json")).expect("expected.json");
+fn expected(file: &str) -> Expected {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/ocr").join(file))
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
     let expected: Expected = serde_json::from_str(&text).expect("expected JSON");
     assert!(
         expected.cases.iter().any(|c| c.lines.is_empty()),
@@ -73,7 +87,12 @@ fn reads_what_the_python_reference_reads() {
         expected.cases.iter().any(|c| c.lines.len() >= 2),
         "frames with several lines"
     );
-    let reader = reader(OcrSettings::default());
+    expected
+}
+
+/// Reads every fixture with `reader` and checks it against the reference's lines.
+fn check_parity(reader: &OcrReader, expected: &Expected) {
+    let dir = root().join("tests/fixtures/ocr");
     let mut worst = 0.0f32;
     for case in &expected.cases {
         let lines = reader.read(&frame(&dir.join(&case.image))).expect("read");
@@ -102,6 +121,16 @@ fn reads_what_the_python_reference_reads() {
         }
     }
     eprintln!("largest corner offset from the reference: {worst} px");
+}
+
+#[test]
+fn reads_what_the_python_reference_reads() {
+    check_parity(&reader(OcrSettings::default()), &expected("expected.json"));
+}
+
+#[test]
+fn the_overlay_reader_reads_what_the_python_reference_reads() {
+    check_parity(&overlay_reader(), &expected("expected-overlay.json"));
 }
 
 #[test]

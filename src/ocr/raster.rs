@@ -83,16 +83,28 @@ impl Bgr {
         let xs = linear_taps(self.width, width);
         let ys = linear_taps(self.height, height);
         let mut data = vec![0u8; width * height * 3];
-        let mut upper = vec![0i64; width * 3];
-        let mut lower = vec![0i64; width * 3];
+        // The two source rows last resized horizontally (row index, values): consecutive
+        // output rows mostly share them, so each source row is resized about once.
+        let mut upper = (usize::MAX, vec![0i64; width * 3]);
+        let mut lower = (usize::MAX, vec![0i64; width * 3]);
         for (dy, &(sy, b0)) in ys.iter().enumerate() {
             let sy1 = (sy + 1).min(self.height - 1);
-            horizontal(self, sy, &xs, &mut upper);
-            horizontal(self, sy1, &xs, &mut lower);
+            if upper.0 != sy {
+                if lower.0 == sy {
+                    std::mem::swap(&mut upper, &mut lower);
+                } else {
+                    horizontal(self, sy, &xs, &mut upper.1);
+                    upper.0 = sy;
+                }
+            }
+            if lower.0 != sy1 {
+                horizontal(self, sy1, &xs, &mut lower.1);
+                lower.0 = sy1;
+            }
             let b1 = COEF_SCALE - b0;
             let out = &mut data[dy * width * 3..(dy + 1) * width * 3];
             for (i, value) in out.iter_mut().enumerate() {
-                let sum = b0 * upper[i] + b1 * lower[i] + (1 << (2 * COEF_BITS - 1));
+                let sum = b0 * upper.1[i] + b1 * lower.1[i] + (1 << (2 * COEF_BITS - 1));
                 *value = (sum >> (2 * COEF_BITS)).clamp(0, 255) as u8;
             }
         }
