@@ -11,12 +11,16 @@
 #   bench/run.sh store     CPU per request with --store none, sqlite and postgres (the database
 #                          KENSA_BENCH_POSTGRES, default postgres://postgres@127.0.0.1:5432/test,
 #                          in a schema kensa_bench created for it)
+#   bench/run.sh ocr       OCR on vs off (--disable-ocr) on the model with an `ocr` section
+#                          added, the frames of tests/fixtures/ocr with the overlay, no notes;
+#                          the reader KENSA_BENCH_OCR_READER: overlay (models/ocr-overlay,
+#                          default) or pp-ocrv4 (the wheel's, from scripts/setup-ocr.sh)
 #   bench/run.sh hot       the hot-function benchmarks (cargo bench --bench hot)
 #
 # Extra arguments go to kensa-bench (for example --duration 15s, --server-cpus 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?"usage: bench/run.sh compare|sweep|growth|store|hot [kensa-bench flags]"}
+what=${1:?"usage: bench/run.sh compare|sweep|growth|store|ocr|hot [kensa-bench flags]"}
 shift
 export KENSA_MODEL_REPOSITORY=${KENSA_MODEL_REPOSITORY:-models/demo}
 export KENSA_DEVICE=${KENSA_DEVICE:-cpu}
@@ -79,6 +83,75 @@ case "$what" in
       "$bench" --url "$url" --concurrency 64 "$@"
       stop_all
     done
+    ;;
+  ocr)
+    reader=${KENSA_BENCH_OCR_READER:-overlay}
+    case "$reader" in
+      overlay) graphs=(models/ocr-overlay/detector.onnx models/ocr-overlay/recogniser.onnx) ;;
+      pp-ocrv4)
+        scripts/setup-ocr.sh
+        graphs=(.ocr/ch_PP-OCRv4_det_infer.onnx .ocr/ch_PP-OCRv4_rec_infer.onnx)
+        ;;
+      *)
+        echo "unknown reader $reader (overlay, pp-ocrv4)" >&2
+        exit 2
+        ;;
+    esac
+    repo=$(mktemp -d)
+    frames=$(mktemp -d)
+    for file in "$KENSA_MODEL_REPOSITORY"/*; do
+      [[ $(basename "$file") == manifest.json ]] || ln -s "$(realpath "$file")" "$repo/"
+    done
+    ln -s "$(realpath "${graphs[0]}")" "$repo/ocr-detector.onnx"
+    ln -s "$(realpath "${graphs[1]}")" "$repo/ocr-recogniser.onnx"
+    python3 - "$KENSA_MODEL_REPOSITORY/manifest.json" "$repo/manifest.json" <<'PY'
+import json
+import sys
+
+manifest = json.load(open(sys.argv[1]))
+manifest["ocr"] = {
+    "detector": "ocr-detector.onnx",
+    "recogniser": "ocr-recogniser.onnx",
+    "join": "when-empty",
+}
+json.dump(manifest, open(sys.argv[2], "w"), indent=1)
+PY
+    cp tests/fixtures/ocr/two_lines.png tests/fixtures/ocr/bottom_band.png \
+      tests/fixtures/ocr/degraded.png "$frames"/
+    # The same frames with their printed lines sent as the note: with OCR off the model then
+    # sees the text OCR would have read, so the difference is what reading it costs.
+    python3 - tests/fixtures/ocr/expected-overlay.json "$frames" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+frames = Path(sys.argv[2])
+with open(frames / "noted.jsonl", "w") as out:
+    for case in json.load(open(sys.argv[1]))["cases"]:
+        if case["printed"]:
+            note = "\n".join(case["printed"])
+            out.write(json.dumps({"image": str(frames / case["image"]), "note": note}) + "\n")
+PY
+    for run in on off-noted off; do
+      flags=(--store=none --model-repository="$repo")
+      images=("$frames")
+      case "$run" in
+        on) echo "== OCR on ($reader reader): the three overlay frames, no notes" ;;
+        off-noted)
+          flags+=(--disable-ocr)
+          images=("$frames/noted.jsonl")
+          echo "== OCR off: the same frames, their printed lines sent as the note"
+          ;;
+        off)
+          flags+=(--disable-ocr)
+          echo "== OCR off: the same frames, no notes"
+          ;;
+      esac
+      start_kensa "${flags[@]}"
+      "$bench" --url "$url" --images "${images[0]}" "$@"
+      stop_all
+    done
+    rm -rf "$repo" "$frames"
     ;;
   hot)
     cargo bench --locked --bench hot

@@ -1,5 +1,6 @@
 """CPU time of the OCR graphs per frame against the demo model's per unit, in ONNX Runtime
-with one thread each (the graphs' share of OCR's cost; the Rust around them is small).
+with one thread each (the graphs' share of OCR's cost), for both readers: PP-OCRv4 (the
+wheel's) and the overlay-font reader (models/ocr-overlay).
 
     .venv/bin/python scripts/ocr_cost.py   # after scripts/setup-ocr.sh
 """
@@ -33,8 +34,16 @@ def cpu_ms(job: Callable[[], object], runs: int = 30) -> float:
 
 
 def main() -> None:
-    det = session(ROOT / ".ocr/ch_PP-OCRv4_det_infer.onnx")
-    rec = session(ROOT / ".ocr/ch_PP-OCRv4_rec_infer.onnx")
+    readers = {
+        "PP-OCRv4": (
+            session(ROOT / ".ocr/ch_PP-OCRv4_det_infer.onnx"),
+            session(ROOT / ".ocr/ch_PP-OCRv4_rec_infer.onnx"),
+        ),
+        "overlay reader": (
+            session(ROOT / "models/ocr-overlay/detector.onnx"),
+            session(ROOT / "models/ocr-overlay/recogniser.onnx"),
+        ),
+    }
     demo = ROOT / "models/demo"
     vision, text, head = (
         session(demo / f"{g}.onnx") for g in ("vision", "text", "head")
@@ -44,19 +53,23 @@ def main() -> None:
     # Two overlay lines of 174x18 and 227x19 px (the fixtures'): the recogniser pads both to
     # the wider one's 48 px-high width.
     lines = rng.random((2, 3, 48, int(48 * 227 / 19)), dtype=np.float32)
-    for name, (w, h) in {
-        "320x240 frame": (320, 256),
-        "384x384 frame": (384, 384),
-    }.items():
-        frame = rng.random((1, 3, h, w), dtype=np.float32)
+    for reader, (det, rec) in readers.items():
+        for name, (w, h) in {
+            "320x240 frame": (320, 256),
+            "384x384 frame": (384, 384),
+        }.items():
+            frame = rng.random((1, 3, h, w), dtype=np.float32)
 
-        def detect(f: np.ndarray = frame) -> None:
-            det.run(None, {"x": f})
+            def detect(f: np.ndarray = frame, d: ort.InferenceSession = det) -> None:
+                d.run(None, {"x": f})
 
-        out[name] = {
-            "detect_ms": cpu_ms(detect),
-            "recognise_2_lines_ms": cpu_ms(lambda: rec.run(None, {"x": lines})),
-        }
+            def recognise(r: ort.InferenceSession = rec) -> None:
+                r.run(None, {"x": lines})
+
+            out[f"{reader}, {name}"] = {
+                "detect_ms": cpu_ms(detect),
+                "recognise_2_lines_ms": cpu_ms(recognise),
+            }
     ids = np.ones((1, 40), np.int64)
     pixels = rng.random((1, 1, 224, 224), dtype=np.float32)
 
