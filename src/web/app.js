@@ -227,7 +227,8 @@
     const silentFor = Date.now() - new Date(latest.stored_at).getTime();
     const silent = silentFor > SILENT_AFTER_MS;
     const counts = entry.window;
-    const rate = counts.total ? counts.defects / counts.total : 0;
+    const headline = flagged(counts);
+    const rate = counts.total ? headline.count / counts.total : 0;
     const node = el('article', { class: `tile${silent ? ' silent' : ''}`, 'data-station': id },
       el('div', { class: 'tile-head' },
         el('h3', { text: id }),
@@ -248,13 +249,21 @@
         }, s.letter);
       })),
       el('div', { class: 'figures' },
-        el('div', { class: 'rate' }, percent(rate), el('small', { text: `defects, last ${windowWords()}` })),
+        el('div', { class: 'rate' }, percent(rate), el('small', { text: `${headline.word}, last ${windowWords()}` })),
         mix(counts),
         el('div', { class: 'mix-words', text: mixWords(counts) })),
       sparkline(entry.buckets),
-      el('div', { class: 'spark-caption', text: `defect rate per ${bucketWords()}, oldest left` }),
+      el('div', { class: 'spark-caption', text: `${headline.word} per ${bucketWords()}, oldest left` }),
     );
     return node;
+  }
+
+  // What a tile's rate counts: with a decision rule the units failed (the review share shows
+  // in the mix beside it; a unit sent to review is not yet a defect), else the model's defect
+  // calls.
+  function flagged(counts) {
+    const decided = counts.pass + counts.fail + counts.review > 0;
+    return decided ? { count: counts.fail, word: 'failed' } : { count: counts.defects, word: 'defects' };
   }
 
   function windowWords() {
@@ -287,15 +296,16 @@
     const n = Math.max(buckets.length, 1);
     const width = 120 / n;
     buckets.forEach((bucket, i) => {
-      const rate = bucket.total ? bucket.defects / bucket.total : 0;
+      const { count, word } = flagged(bucket);
+      const rate = bucket.total ? count / bucket.total : 0;
       const height = bucket.total ? Math.max(2, 38 * rate) : 2;
       const bar = svg('rect', {
         x: (i * width + 0.5).toFixed(2), y: (40 - height).toFixed(2),
         width: Math.max(width - 1, 0.5).toFixed(2), height: height.toFixed(2),
       });
-      if (!bucket.total || !bucket.defects) bar.setAttribute('class', 'empty');
+      if (!bucket.total || !count) bar.setAttribute('class', 'empty');
       const title = svg('title');
-      title.textContent = bucket.total ? `${bucket.defects} defects of ${bucket.total}` : 'no units';
+      title.textContent = bucket.total ? `${count} ${word} of ${bucket.total}` : 'no units';
       bar.append(title);
       chart.append(bar);
     });

@@ -97,6 +97,9 @@ describe('the operator page', () => {
     assert.match(await page.locator('[data-station="aoi-12"] .silent-badge').textContent(), /SILENT/);
     assert.equal(await page.locator('[data-station="aoi-07"].silent').count(), 0);
     assert.match(await page.locator('[data-station="aoi-07"] .mix-words').textContent(), /pass 2 · fail 1 · review 1/);
+    // The rate counts units failed, not the model's defect calls (the unit sent to review is one).
+    assert.match(await page.locator('[data-station="aoi-07"] .rate').textContent(), /^25 %failed, last hour$/);
+    assert.match(await page.locator('[data-station="aoi-07"] .spark-caption').textContent(), /^failed per 5 min/);
     assert.equal(await page.locator('[data-station="aoi-07"] .spark rect').count(), 12);
     assert.match(await page.locator('#models').textContent(), /kensa-demo v1/);
     await noHorizontalScroll(page);
