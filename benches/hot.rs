@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use kensa::batching::BatchInput;
 use kensa::model::manifest::Manifest;
-use kensa::model::runtime::{DeviceChoice, Runtime, RuntimeOptions};
+use kensa::model::runtime::{Runtime, RuntimeOptions};
 use kensa::ocr::{Bgr, OcrReader, OcrSettings};
 use kensa::preprocess::image::{ImageLimits, prepare_image};
 use kensa::preprocess::text::NoteTokenizer;
@@ -105,17 +105,8 @@ fn verdict_json(bencher: divan::Bencher) {
 #[divan::bench]
 fn ocr_read_overlay(bencher: divan::Bencher) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let options = RuntimeOptions {
-        library: None,
-        device: DeviceChoice::Cpu,
-        device_id: 0,
-        trt_fp16: false,
-        trt_engine_cache: None,
-        cuda_memory_limit: None,
-        intra_threads: 1,
-        ort_spin: false,
-    };
-    let runtime = Runtime::init(&options).expect("ONNX Runtime (scripts/setup-ort.sh)");
+    let runtime =
+        Runtime::init(&RuntimeOptions::cpu(1)).expect("ONNX Runtime (scripts/setup-ort.sh)");
     let graphs = root.join("models/ocr-overlay");
     let reader = OcrReader::open(
         runtime,

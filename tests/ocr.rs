@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kensa::model::runtime::{DeviceChoice, Runtime, RuntimeOptions};
+use kensa::model::runtime::{Runtime, RuntimeOptions};
 use kensa::ocr::{Bgr, OcrReader, OcrSettings};
 use serde::Deserialize;
 
@@ -57,17 +57,8 @@ fn overlay_reader() -> OcrReader {
 }
 
 fn open(det: &Path, rec: &Path, settings: OcrSettings) -> OcrReader {
-    let options = RuntimeOptions {
-        library: None,
-        device: DeviceChoice::Cpu,
-        device_id: 0,
-        trt_fp16: false,
-        trt_engine_cache: None,
-        cuda_memory_limit: None,
-        intra_threads: 1,
-        ort_spin: false,
-    };
-    let runtime = Runtime::init(&options).expect("ONNX Runtime (scripts/setup-ort.sh)");
+    let runtime =
+        Runtime::init(&RuntimeOptions::cpu(1)).expect("ONNX Runtime (scripts/setup-ort.sh)");
     OcrReader::open(runtime, det, rec, 1, 1, settings).expect("OCR graphs open")
 }
 

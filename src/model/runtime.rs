@@ -94,6 +94,23 @@ pub struct RuntimeOptions {
     pub ort_spin: bool,
 }
 
+impl RuntimeOptions {
+    /// The CPU, `intra_threads` per operator, no spinning, the library where
+    /// scripts/setup-ort.sh puts it: what a test or a benchmark of one graph pair runs on.
+    pub fn cpu(intra_threads: usize) -> RuntimeOptions {
+        RuntimeOptions {
+            library: None,
+            device: DeviceChoice::Cpu,
+            device_id: 0,
+            trt_fp16: false,
+            trt_engine_cache: None,
+            cuda_memory_limit: None,
+            intra_threads,
+            ort_spin: false,
+        }
+    }
+}
+
 /// The process-wide ONNX Runtime environment and the provider chosen for it.
 pub struct Runtime {
     environment: Environment,

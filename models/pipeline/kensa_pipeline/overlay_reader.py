@@ -26,6 +26,7 @@ import json
 import math
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -299,50 +300,57 @@ def _frame_tensor(frames: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(pixels)[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
-def train_recogniser(cfg: TrainConfig) -> tuple[LineRecogniser, list[dict[str, float]]]:
-    """CTC on freshly rendered lines every step (no epoch: the renderer never repeats); the
-    net and its loss log."""
-    torch.set_num_threads(1)
+def _fit(
+    net: nn.Module, steps: int, lr: float, name: str, batch_loss: Callable[[], torch.Tensor]
+) -> list[dict[str, float]]:
+    """AdamW with a one-cycle schedule over ``steps`` fresh batches; the loss log (every 100
+    steps, printed as it goes). Leaves ``net`` in eval mode."""
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=steps)
     log: list[dict[str, float]] = []
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 1])
-    net = LineRecogniser(len(CHARSET) + 2)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, 2e-3, total_steps=cfg.recogniser_steps
-    )
-    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     net.train()
-    for step in range(cfg.recogniser_steps):
-        crops, texts = line_crops(rng, cfg.recogniser_batch)
-        x = line_tensor(crops)
-        logits = net(x).log_softmax(2).transpose(0, 1)
-        targets = torch.tensor([i for t in texts for i in encode(t)])
-        lengths = torch.tensor([len(t) for t in texts])
-        steps = torch.full((len(texts),), logits.shape[0], dtype=torch.long)
-        loss = ctc(logits, targets, steps, lengths)
+    for step in range(steps):
+        loss = batch_loss()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         schedule.step()
-        if step % 100 == 0 or step == cfg.recogniser_steps - 1:
-            log.append({"recogniser_step": step, "loss": loss.item()})
+        if step % 100 == 0 or step == steps - 1:
+            log.append({f"{name}_step": step, "loss": loss.item()})
             print(log[-1], flush=True)
-    return net.eval(), log
+    net.eval()
+    return log
+
+
+def train_recogniser(cfg: TrainConfig) -> tuple[LineRecogniser, list[dict[str, float]]]:
+    """CTC on freshly rendered lines every step (no epoch: the renderer never repeats); the
+    net and its loss log."""
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 1])
+    net = LineRecogniser(len(CHARSET) + 2)
+    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+
+    def batch_loss() -> torch.Tensor:
+        crops, texts = line_crops(rng, cfg.recogniser_batch)
+        logits = net(line_tensor(crops)).log_softmax(2).transpose(0, 1)
+        targets = torch.tensor([i for t in texts for i in encode(t)])
+        lengths = torch.tensor([len(t) for t in texts])
+        steps = torch.full((len(texts),), logits.shape[0], dtype=torch.long)
+        return ctc(logits, targets, steps, lengths)
+
+    return net, _fit(net, cfg.recogniser_steps, 2e-3, "recogniser", batch_loss)
 
 
 def train_detector(cfg: TrainConfig) -> tuple[LineDetector, list[dict[str, float]]]:
     """Binary cross-entropy plus dice on the shrunk boxes of freshly rendered frames; the net
     and its loss log."""
     torch.set_num_threads(1)
-    log: list[dict[str, float]] = []
     torch.manual_seed(cfg.seed + 1)
     rng = np.random.default_rng([cfg.seed, 2])
     net = LineDetector()
-    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=cfg.detector_steps)
-    net.train()
-    for step in range(cfg.detector_steps):
+
+    def batch_loss() -> torch.Tensor:
         side = cfg.detector_side
         pairs = [render_frame(rng, side, side) for _ in range(cfg.detector_batch)]
         x = _frame_tensor([p[0] for p in pairs])
@@ -350,15 +358,9 @@ def train_detector(cfg: TrainConfig) -> tuple[LineDetector, list[dict[str, float
         logits = net(x)
         p = torch.sigmoid(logits)
         dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + dice
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 100 == 0 or step == cfg.detector_steps - 1:
-            log.append({"detector_step": step, "loss": loss.item()})
-            print(log[-1], flush=True)
-    return net.eval(), log
+        return F.binary_cross_entropy_with_logits(logits, y) + dice
+
+    return net, _fit(net, cfg.detector_steps, 3e-3, "detector", batch_loss)
 
 
 def export(detector: LineDetector, recogniser: LineRecogniser, out: Path) -> tuple[Path, Path]:
