@@ -138,7 +138,9 @@ pub struct ModelArgs {
     /// TensorRT, none elsewhere), none, or a list such as 1,2,4,8,16.
     #[arg(long, env = "KENSA_BATCH_BUCKETS", default_value = "auto", value_parser = BucketChoice::parse)]
     pub batch_buckets: BucketChoice,
-    /// Largest batch (default and upper bound: the manifest's max_batch_size).
+    /// Largest batch (upper bound: the manifest's max_batch_size). Default: measured at warm-up,
+    /// the largest of 1, 2, 4, ... up to the manifest's size within 5% of the fastest, timed
+    /// with every session set running at once (the manifest's size with --warmup-batches 0).
     #[arg(long, env = "KENSA_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
     /// Longest a batch waits to fill after its first request arrives while a session is free

@@ -172,6 +172,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
                 "dir": found.dir,
                 "provider": opened.provider,
                 "threading": opened.threading,
+                "batch_cap": opened.batch_cap,
                 "batch_buckets": opened.buckets,
                 "load_ms": load.as_secs_f64() * 1000.0,
                 "warmup_ms": opened.warmup.as_secs_f64() * 1000.0,

@@ -52,14 +52,19 @@ async fn fixture_samples_get_their_labels_and_match_python() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_answer_like_sequential_ones() {
-    answers_match_alone_and_in_batches(&["--max-queue-delay=20ms"]).await;
+    answers_match_alone_and_in_batches(&["--max-queue-delay=20ms", "--max-batch-size=16"]).await;
 }
 
 /// With batch-size buckets (what TensorRT gets by default) every batch is padded with copies of
 /// its last row: those rows must never reach a verdict, nor be counted in its batch size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn padded_batches_answer_like_unpadded_ones() {
-    answers_match_alone_and_in_batches(&["--max-queue-delay=20ms", "--batch-buckets=4,8,16"]).await;
+    answers_match_alone_and_in_batches(&[
+        "--max-queue-delay=20ms",
+        "--max-batch-size=16",
+        "--batch-buckets=4,8,16",
+    ])
+    .await;
 }
 
 /// 32 requests one at a time, then 32 at once: the same verdicts, batched the second time.

@@ -47,6 +47,25 @@ async fn models_and_metrics_describe_the_service() {
     assert_eq!(model["provider"], "cpu");
     assert_eq!(model["ready"], true);
     assert_eq!(model["labels"].as_array().unwrap().len(), 5);
+    let cap = &model["batch_cap"];
+    assert_eq!(cap["automatic"], true, "no --max-batch-size: measured");
+    assert_eq!(cap["upper_bound"], 16, "the demo manifest's max_batch_size");
+    let measured = cap["measured"].as_array().unwrap();
+    let sizes: Vec<u64> = measured
+        .iter()
+        .map(|m| m["batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [1, 2, 4, 8, 16]);
+    assert!(
+        measured
+            .iter()
+            .all(|m| m["images_per_s"].as_f64().unwrap() > 0.0)
+    );
+    assert_eq!(
+        model["max_batch_size"], cap["size"],
+        "the queue uses the chosen cap"
+    );
+    assert!(sizes.contains(&cap["size"].as_u64().unwrap()));
 
     let metrics = server.get_text("/metrics").await;
     for expected in [
@@ -64,6 +83,18 @@ async fn models_and_metrics_describe_the_service() {
             "missing {expected:?} in\n{metrics}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_batch_cap_is_used_without_measuring() {
+    let server = TestServer::start(&["--max-batch-size=4"]).await;
+    let models: serde_json::Value = server.get_json("/v1/models").await;
+    let model = &models["models"][0];
+    assert_eq!(model["max_batch_size"], 4);
+    assert_eq!(
+        model["batch_cap"],
+        serde_json::json!({"size": 4, "upper_bound": 4, "automatic": false, "measured": []})
+    );
 }
 
 /// Every protocol is counted in one family, errors by their code, verdicts by station and

@@ -33,7 +33,9 @@ pub struct Bare {
 }
 
 /// Runs batches of `batch` rows of the real `samples` on every session set at once for
-/// `duration`, with the model and runtime flags of `model` (the server's).
+/// `duration`, with the model and runtime flags of `model` (the server's); `batch` is capped
+/// by `--max-batch-size` and the manifest's largest batch (pass the cap the server chose, from
+/// `/v1/models`, to run its arrangement).
 pub async fn measure(
     model: &ModelArgs,
     samples: &Arc<Vec<Sample>>,
@@ -43,6 +45,7 @@ pub async fn measure(
     let runtime = Runtime::init(&model.runtime)?;
     let mut options = model.load_options();
     options.warmup_batches = 1;
+    options.max_batch_size = Some(options.max_batch_size.map_or(batch, |cap| cap.min(batch)));
     let root = model.model_repository.clone();
     let samples = Arc::clone(samples);
     tokio::task::spawn_blocking(move || {
@@ -52,7 +55,7 @@ pub async fn measure(
             .context("no model")?;
         let opened = registry::open_and_warm(runtime, &found, &options)?;
         let manifest = &found.manifest;
-        let batch = batch.clamp(1, registry::batch_size(manifest, &options));
+        let batch = opened.batch_cap.size;
         let limits = ImageLimits {
             max_bytes: usize::MAX,
             max_pixels: u64::MAX,

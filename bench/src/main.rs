@@ -120,7 +120,7 @@ struct BenchArgs {
     #[arg(
         long,
         env = "KENSA_BENCH_SWEEP_MAX_BATCH",
-        default_value = "8,16",
+        default_value = "1,4,8,16",
         value_delimiter = ','
     )]
     sweep_max_batch: Vec<usize>,
@@ -293,7 +293,11 @@ async fn serve_phases(
     }
 
     if args.bare {
-        let max = bare::measure(&args.model, samples, usize::MAX, args.duration).await?;
+        let cap = chosen_batch_cap(client, &url)
+            .await
+            .and_then(|cap| usize::try_from(cap).ok())
+            .unwrap_or(usize::MAX);
+        let max = bare::measure(&args.model, samples, cap, args.duration).await?;
         let plan = max.threading;
         println!(
             "\nbare ONNX Runtime, {} session sets x {} threads, batch {}: {:.1} images/s, {:.2} ms per batch, {:.3} CPU ms per image ({})",
@@ -342,6 +346,19 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("{url} did not become ready within 60 s")
+}
+
+/// The batch cap the server at `url` chose (or was given), from `/v1/models`.
+async fn chosen_batch_cap(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let models: serde_json::Value = client
+        .get(format!("{url}/v1/models"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    models["models"][0]["max_batch_size"].as_u64()
 }
 
 /// One serving configuration the sweep tries: `kensa serve` flags.
@@ -395,12 +412,15 @@ async fn sweep(
             args,
         )
         .await;
-        drop(server);
         let shown = if flags.is_empty() {
-            "(default)".to_string()
+            match chosen_batch_cap(client, &server.url).await {
+                Some(cap) => format!("(default; batch cap {cap})"),
+                None => "(default)".to_string(),
+            }
         } else {
             flags.join(" ")
         };
+        drop(server);
         println!(
             "| {shown} | {:.1} | {} | {:.1} | {} | {} |",
             m.phase.throughput(),

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::state::AppState;
 use crate::decision::DecisionPolicy;
 use crate::error::Error;
+use crate::model::batch_cap::BatchCap;
 use crate::model::manifest::Label;
 use crate::model::threading::ThreadingPlan;
 
@@ -32,6 +33,8 @@ struct ModelSummary<'a> {
     provider: String,
     ready: bool,
     max_batch_size: usize,
+    /// How `max_batch_size` was chosen: given, or measured at warm-up (with the rates).
+    batch_cap: &'a BatchCap,
     max_queue_delay_ms: f64,
     batch_buckets: &'a [usize],
     threading: ThreadingPlan,
@@ -67,6 +70,7 @@ async fn models(State(state): State<AppState>) -> Response {
             provider: model.provider.to_string(),
             ready,
             max_batch_size: model.queue.config().max_batch_size,
+            batch_cap: &model.batch_cap,
             max_queue_delay_ms: model.queue.config().max_delay.as_secs_f64() * 1000.0,
             batch_buckets: model.buckets.sizes(),
             threading: model.threading,

@@ -1,5 +1,6 @@
 //! Models: the manifest contract, ONNX Runtime sessions, and the loaded repository.
 
+pub mod batch_cap;
 pub mod lifecycle;
 pub mod manifest;
 pub mod pipeline;

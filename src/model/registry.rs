@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
 
+use super::batch_cap::{self, BatchCap};
 use super::manifest::Manifest;
 use super::pipeline::{ModelSessions, blank_batch};
 use super::routing::{VersionPolicy, VersionRoute, routed_version};
@@ -38,7 +39,8 @@ pub struct LoadOptions {
     pub threading: ThreadingRequest,
     /// Batch sizes batches are padded to.
     pub buckets: BucketChoice,
-    /// Cap on the batch size; the manifest's `max_batch_size` when unset or larger.
+    /// Cap on the batch size (the manifest's `max_batch_size` when larger); when unset, the
+    /// cap is measured at warm-up ([`batch_cap`]).
     pub max_batch_size: Option<usize>,
     /// Queue capacity per model version.
     pub queue_capacity: usize,
@@ -80,6 +82,8 @@ pub struct LoadedModel {
     pub threading: ThreadingPlan,
     /// Batch sizes batches are padded to (none on CPU).
     pub buckets: BatchBuckets,
+    /// The largest batch it forms, and how that was chosen.
+    pub batch_cap: BatchCap,
     /// The folder it was loaded from.
     pub dir: PathBuf,
     /// Its folder's files when loaded: a reload loads the version again only if they changed.
@@ -329,14 +333,18 @@ pub struct Opened {
     pub threading: ThreadingPlan,
     /// Batch sizes batches are padded to.
     pub buckets: BatchBuckets,
+    /// The largest batch, as given or as measured at warm-up.
+    pub batch_cap: BatchCap,
     /// Time the warm-up took.
     pub warmup: Duration,
     /// The OCR reader, when the manifest asks for one and OCR is on.
     pub ocr: Option<ModelOcr>,
 }
 
-/// Opens the session sets of one version, as many as the threading plan says, and warms each
-/// with full-size batches (and each bucket size once).
+/// Opens the session sets of one version, as many as the threading plan says, and warms each:
+/// when the operator gave no `--max-batch-size`, by timing every candidate batch size on all
+/// sets at once to choose the cap ([`batch_cap`]), else with full-size batches; then each
+/// bucket size once.
 ///
 /// Blocking: call from a blocking thread.
 pub fn open_and_warm(
@@ -347,12 +355,11 @@ pub fn open_and_warm(
     let manifest = &found.manifest;
     let tokenizer = NoteTokenizer::load(&found.dir.join(&manifest.text.tokenizer), &manifest.text)?;
     let cores = available_cores();
-    let size = batch_size(manifest, options);
+    let upper_bound = batch_size(manifest, options);
     let intra_threads = options.threading.intra_threads(cores);
-    let open = || ModelSessions::open(runtime, &found.dir, manifest, intra_threads, size);
+    let open = || ModelSessions::open(runtime, &found.dir, manifest, intra_threads, upper_bound);
     let (first, provider) = open()?;
     let threading = options.threading.plan(cores, provider);
-    let buckets = options.buckets.buckets(provider, size);
     let mut pool = vec![first];
     for _ in 1..threading.sessions {
         pool.push(open()?.0);
@@ -361,19 +368,30 @@ pub fn open_and_warm(
         .into_iter()
         .map(|sessions| sessions.with_parallel_encoders(threading.parallel_encoders))
         .collect();
+    let failed = || {
+        format!(
+            "warm-up of {} in {} failed",
+            found.name,
+            found.dir.display()
+        )
+    };
+    let blank = |rows: usize| blank_batch(manifest, rows, manifest.text.max_tokens);
     let started = Instant::now();
-    let full = std::iter::repeat_n(size, options.warmup_batches);
+    let measure = options.max_batch_size.is_none() && options.warmup_batches > 0;
+    let (batch_cap, full_batches) = if measure {
+        let sizes = batch_cap::candidates(upper_bound);
+        let rounds = options.warmup_batches + 1;
+        let measured = batch_cap::measure(&mut pool, &sizes, rounds, blank).with_context(failed)?;
+        (BatchCap::chosen(upper_bound, measured), 0)
+    } else {
+        (BatchCap::fixed(upper_bound), options.warmup_batches)
+    };
+    let buckets = options.buckets.buckets(provider, batch_cap.size);
+    let full = std::iter::repeat_n(batch_cap.size, full_batches);
     let warm_sizes: Vec<usize> = full.chain(buckets.sizes().iter().copied()).collect();
     for sessions in &mut pool {
         for &rows in &warm_sizes {
-            let batch = blank_batch(manifest, rows, manifest.text.max_tokens);
-            sessions.run(&batch).with_context(|| {
-                format!(
-                    "warm-up of {} in {} failed",
-                    found.name,
-                    found.dir.display()
-                )
-            })?;
+            sessions.run(&blank(rows)).with_context(failed)?;
         }
     }
     let warmup = started.elapsed();
@@ -393,6 +411,7 @@ pub fn open_and_warm(
         provider,
         threading,
         buckets,
+        batch_cap,
         warmup,
         ocr,
     })
@@ -452,7 +471,7 @@ fn warn_unused_overrides(
     }
 }
 
-/// The batch size a version runs at: the manifest's, capped by the operator.
+/// The largest batch a version may run: the manifest's, capped by the operator.
 pub fn batch_size(manifest: &Manifest, options: &LoadOptions) -> usize {
     options
         .max_batch_size
@@ -484,13 +503,14 @@ pub async fn load_version(
         provider,
         threading,
         buckets,
+        batch_cap,
         warmup,
         ocr,
     } = opened;
     let queue = batching::start(
         QueueConfig {
             capacity: options.queue_capacity,
-            max_batch_size: batch_size(&model.manifest, options),
+            max_batch_size: batch_cap.size,
             max_delay: options.max_delay,
         },
         pool,
@@ -528,6 +548,7 @@ pub async fn load_version(
         drift,
         threading,
         buckets,
+        batch_cap,
         dir: model.dir,
         fingerprint: model.fingerprint,
         loaded_at: chrono::Utc::now(),
@@ -546,6 +567,8 @@ pub async fn load_version(
         automatic = threading.automatic,
         buckets = ?loaded.buckets.sizes(),
         max_batch_size = loaded.queue.config().max_batch_size,
+        max_batch_size_measured = loaded.batch_cap.automatic,
+        batch_images_per_s = %serde_json::to_string(&loaded.batch_cap.measured).unwrap_or_default(),
         max_queue_delay_ms = options.max_delay.as_secs_f64() * 1000.0,
         warmup_ms = warmup.as_millis() as u64,
         decision = loaded.decision.is_some(),
