@@ -2,9 +2,9 @@
 //!
 //! A bigger batch is not always cheaper per image. On a CPU, once a batch's activations no
 //! longer fit the caches it costs more per image than a smaller one (the model-v2 demo on two
-//! cores: 14.2 images/s per session set at batch 8, 11.1 at 16), and two half-size batches in
-//! flight keep both cores busy where one big batch's tail runs alone; a GPU instead gains up to
-//! its largest batch. Which holds depends on the model, the cores and their caches, so unless
+//! cores, both session sets at once: 47-53 images/s at batches of 1-2, 42-45 at 16), while a
+//! tiny model or a GPU gains up to its largest batch. Which holds depends on the model, the
+//! cores and their caches, so unless
 //! the operator gives `--max-batch-size`, kensa times every candidate size with all session sets
 //! running at once (as they do at saturation) and keeps the largest size whose throughput is
 //! within [`TOLERANCE`] of the best. Largest, because what the timing leaves out favours
