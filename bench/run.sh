@@ -16,11 +16,14 @@
 #                          the reader KENSA_BENCH_OCR_READER: overlay (models/ocr-overlay,
 #                          default) or pp-ocrv4 (the wheel's, from scripts/setup-ocr.sh)
 #   bench/run.sh hot       the hot-function benchmarks (cargo bench --bench hot)
+#   bench/run.sh perf-analyzer
+#                          Triton's perf_analyzer, unmodified, against kensa over HTTP and gRPC
+#                          (bench/perf-analyzer.sh; extra arguments go to perf_analyzer)
 #
 # Extra arguments go to kensa-bench (for example --duration 15s, --server-cpus 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?"usage: bench/run.sh compare|sweep|growth|store|ocr|hot [kensa-bench flags]"}
+what=${1:?"usage: bench/run.sh compare|sweep|growth|store|ocr|hot|perf-analyzer [kensa-bench flags]"}
 shift
 export KENSA_MODEL_REPOSITORY=${KENSA_MODEL_REPOSITORY:-models/demo}
 export KENSA_DEVICE=${KENSA_DEVICE:-cpu}
@@ -155,6 +158,18 @@ PY
     ;;
   hot)
     cargo bench --locked --bench hot
+    ;;
+  perf-analyzer)
+    frame=.cache/bench-images/640x640/frame_0.jpg
+    [[ -f $frame ]] || "$bench" --make-images
+    grpc_port=${KENSA_BENCH_GRPC_PORT:-18081}
+    target/release/kensa serve --http-host=127.0.0.1 --http-port="$http_port" \
+      --grpc-host=127.0.0.1 --grpc-port="$grpc_port" --data-dir="$(mktemp -d)" --store=none \
+      2>"${TMPDIR:-/tmp}/kensa-bench-server.log" &
+    pids+=($!)
+    until curl -sf "$url/readyz" >/dev/null; do sleep 0.5; done
+    model=$(curl -sf "$url/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["models"][0]["name"])')
+    bench/perf-analyzer.sh "$http_port" "$grpc_port" "$model" "$frame" "$@"
     ;;
   *)
     echo "unknown measurement $what" >&2

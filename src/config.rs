@@ -151,7 +151,9 @@ pub struct ModelArgs {
     /// Requests that may wait per model version; the next gets 429.
     #[arg(long, env = "KENSA_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
-    /// Full-size batches run through each session set before the model reports ready.
+    /// Full-size batches run through each session set before the model reports ready; when the
+    /// batch cap is measured (no --max-batch-size), the measurement is the warm-up instead
+    /// (0: no warm-up and no measurement: the manifest's batch size).
     #[arg(long, env = "KENSA_WARMUP_BATCHES", default_value_t = 2)]
     pub warmup_batches: usize,
     /// Do not read the text burnt into frames, even for models whose manifest has an `ocr`

@@ -417,8 +417,8 @@ fn v2_cases(server: &TestServer) -> Vec<Case> {
             json!({"inputs": [input("picture", json!([1]), "BYTES", json!([b64])), note, station]}),
         ),
         json_case(
-            "shape [1, 1]",
-            json!({"inputs": [input("image", json!([1, 1]), "BYTES", json!([b64])), note, station]}),
+            "shape [1, 2]",
+            json!({"inputs": [input("image", json!([1, 2]), "BYTES", json!([b64])), note, station]}),
         ),
         json_case(
             "shape [0]",

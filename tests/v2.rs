@@ -115,6 +115,13 @@ async fn http_health_and_metadata() {
             [false, true, true, true],
             "only the image is required"
         );
+        for input in metadata["inputs"].as_array().unwrap() {
+            assert_eq!(
+                input["shape"],
+                json!([-1, 1]),
+                "Triton's form: batch, one element"
+            );
+        }
         assert_eq!(metadata["outputs"][2]["name"], "probabilities");
         assert_eq!(metadata["outputs"][2]["shape"], json!([-1, 5]));
         assert_eq!(metadata["outputs"][3]["shape"], json!([-1, 7, 7]));
@@ -130,6 +137,29 @@ async fn http_health_and_metadata() {
             .status(),
         404
     );
+}
+
+/// `[N, 1]`, the shape metadata announces (what perf_analyzer sends), answers like `[N]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_shaped_n_by_one_answer_like_n() {
+    let server = TestServer::start(&[]).await;
+    let sample = &samples()[3];
+    let image = base64::engine::general_purpose::STANDARD.encode(&sample.image);
+    let mut labels = Vec::new();
+    for shape in [json!([1]), json!([1, 1])] {
+        let body = json!({
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": shape, "data": [image]},
+                {"name": "note", "datatype": "BYTES", "shape": shape, "data": [sample.note]},
+            ],
+        });
+        let response = post_json(&server, &body).await;
+        assert_eq!(response.status(), 200, "shape {shape}");
+        let answer: Value = response.json().await.unwrap();
+        labels.push(answer["outputs"][0]["data"].clone());
+    }
+    assert_eq!(labels[0], labels[1]);
+    assert_eq!(labels[0], json!([sample.label]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,8 +322,8 @@ async fn http_bad_tensors_get_clear_errors() {
             "must be BYTES, not FP32",
         ),
         (
-            json!([{"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": [image]}, note]),
-            "must have shape [N]",
+            json!([{"name": "image", "datatype": "BYTES", "shape": [1, 2], "data": [image]}, note]),
+            "must have shape [N] or [N, 1]",
         ),
         (
             json!([{"name": "image", "datatype": "BYTES", "shape": [0], "data": []}, note]),
@@ -552,7 +582,7 @@ async fn grpc_bad_tensors_get_clear_statuses() {
         ),
         (
             request(
-                vec![grpc_input("image", vec![1, 1]), grpc_input("note", vec![1])],
+                vec![grpc_input("image", vec![1, 2]), grpc_input("note", vec![1])],
                 vec![image.clone(), note.clone()],
             ),
             "must have shape [N]",

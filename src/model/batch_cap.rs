@@ -21,6 +21,10 @@ use crate::error::Error;
 /// Sizes whose throughput is within this share of the best count as equally fast.
 pub const TOLERANCE: f64 = 0.05;
 
+/// Timed passes over the candidate sizes, after one untimed pass: the fastest of two already
+/// sets aside most of a busy moment, and each pass costs a start every size once.
+pub const TIMED_ROUNDS: usize = 2;
+
 /// One candidate size's throughput with every session set running it at once.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MeasuredRate {

@@ -380,8 +380,8 @@ pub fn open_and_warm(
     let measure = options.max_batch_size.is_none() && options.warmup_batches > 0;
     let (batch_cap, full_batches) = if measure {
         let sizes = batch_cap::candidates(upper_bound);
-        let rounds = options.warmup_batches + 1;
-        let measured = batch_cap::measure(&mut pool, &sizes, rounds, blank).with_context(failed)?;
+        let measured = batch_cap::measure(&mut pool, &sizes, batch_cap::TIMED_ROUNDS, blank)
+            .with_context(failed)?;
         (BatchCap::chosen(upper_bound, measured), 0)
     } else {
         (BatchCap::fixed(upper_bound), options.warmup_batches)

@@ -223,7 +223,7 @@ pub fn model_metadata(
             .map(|name| TensorSpec {
                 name,
                 datatype: BYTES,
-                shape: vec![-1],
+                shape: vec![-1, 1],
                 optional: *name != REQUIRED_INPUT,
             })
             .collect(),
@@ -307,8 +307,8 @@ fn inspections(
             )));
         }
         let size = match input.shape.as_slice() {
-            [size] if *size > 0 => *size as usize,
-            [0] => {
+            [size] | [size, 1] if *size > 0 => *size as usize,
+            [0] | [0, 1] => {
                 return Err(Error::BadRequest(format!(
                     "input {} is an empty batch (shape [0])",
                     input.name
@@ -316,7 +316,7 @@ fn inspections(
             }
             shape => {
                 return Err(Error::BadRequest(format!(
-                    "input {} must have shape [N] (one element per image), not {shape:?}",
+                    "input {} must have shape [N] or [N, 1] (one element per image), not {shape:?}",
                     input.name
                 )));
             }
