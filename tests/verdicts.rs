@@ -694,7 +694,9 @@ async fn mqtt_publishing_is_switched_on_by_configuration() {
         host,
         port.parse().unwrap(),
     );
-    options.set_keep_alive(Duration::from_secs(5));
+    // Nothing polls this client while the server below starts and warms up (seconds under
+    // load), so its keep-alive must outlast that or the broker drops it.
+    options.set_keep_alive(Duration::from_secs(120));
     let (subscriber, mut event_loop) = rumqttc::AsyncClient::new(options, 16);
     subscriber
         .subscribe(format!("{prefix}/#"), rumqttc::QoS::AtLeastOnce)
