@@ -393,6 +393,47 @@ fn http_cases(server: &TestServer) -> Vec<Case> {
             code: "bad_request",
         });
     }
+    // Query strings and path segments the extractors refuse: answered like any bad request
+    // (JSON body, code), not with the web framework's plain text.
+    for (name, query) in [
+        ("heatmap=maybe", "?heatmap=maybe"),
+        ("a repeated query key", "?format=json&format=png"),
+    ] {
+        let mut parts = reqwest::multipart::Form::new();
+        parts = parts.part(
+            "image",
+            reqwest::multipart::Part::bytes(image.clone()).file_name("unit.png"),
+        );
+        parts = parts.text("station_id", HOSTILE);
+        cases.push(Case {
+            name: name.into(),
+            request: server
+                .client
+                .post(server.url(&format!("/v1/inspections{query}")))
+                .multipart(parts),
+            status: 400,
+            code: "bad_request",
+        });
+    }
+    for (name, path) in [
+        ("a station id that is not UTF-8", "/v1/verdicts/%FF/u1"),
+        (
+            "a heat map path that is not UTF-8",
+            "/v1/verdicts/aoi-1/%C3%28/heatmap",
+        ),
+        (
+            "a bad stations window query",
+            "/v1/stations?window=1h&window=2h",
+        ),
+        ("a V2 model name that is not UTF-8", "/v2/models/%FF/config"),
+    ] {
+        cases.push(Case {
+            name: name.into(),
+            request: server.client.get(server.url(path)),
+            status: 400,
+            code: "bad_request",
+        });
+    }
     cases
 }
 

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::extract::parse_query;
 use super::state::AppState;
 use super::verdicts::ReadOptions;
 use crate::error::Error;
@@ -32,9 +33,7 @@ struct ExportOptions {
 /// `GET /v1/verdicts/export?since=&format=csv|jsonl&images=true&...`.
 async fn download(State(state): State<AppState>, uri: Uri) -> Result<Response, Error> {
     let read = ReadOptions::parse(&uri)?;
-    let options = axum::extract::Query::<ExportOptions>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .map_err(|rejection| Error::BadRequest(rejection.body_text()))?;
+    let options: ExportOptions = parse_query(&uri)?;
     let format = options.format.unwrap_or(Format::Jsonl);
     let query = read.query();
     let labels = if options.images {

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::extract::Query;
 use super::state::AppState;
 use crate::access::Caller;
 use crate::batching::Priority;

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod export;
+pub mod extract;
 pub mod grpc;
 pub mod grpc_gate;
 pub mod grpc_metrics;

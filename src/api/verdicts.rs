@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,7 @@ use axum::routing::get;
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 
+use super::extract::{Path, parse_query};
 use super::state::AppState;
 use crate::decision::Disposition;
 use crate::error::Error;
@@ -55,9 +56,7 @@ pub(super) struct ReadOptions {
 
 impl ReadOptions {
     pub(super) fn parse(uri: &Uri) -> Result<ReadOptions, Error> {
-        Query::<ReadOptions>::try_from_uri(uri)
-            .map(|Query(options)| options)
-            .map_err(|rejection| Error::BadRequest(rejection.body_text()))
+        parse_query(uri)
     }
 
     pub(super) fn query(&self) -> VerdictQuery {

@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,6 +15,7 @@ use super::management;
 use super::model::{self, EXTENSIONS, InferCall, InferOutcome, SERVER_NAME};
 use super::tensors::{InputTensor, TensorData};
 use crate::access::Caller;
+use crate::api::extract::Path;
 use crate::api::state::AppState;
 use crate::error::Error;
 
