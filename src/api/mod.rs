@@ -2,7 +2,8 @@
 //! (inspections) and to [`Verdicts`](crate::verdicts::Verdicts) (stored verdicts).
 //!
 //! HTTP: [`http`] assembles [`inspections`], [`verdicts`], [`export`], [`operator`] (the page,
-//! reviews, the line overview), [`ops`] and [`v2::http`] over the shared [`state`]. gRPC:
+//! reviews, the line overview), [`ops`] and [`v2::http`] over the shared [`state`], reading query
+//! strings and paths through [`extract`]. gRPC:
 //! [`grpc_server`] assembles [`grpc`] and [`v2::grpc`] (with [`codec`]), guarded by
 //! [`grpc_gate`].
 
