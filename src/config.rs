@@ -119,7 +119,7 @@ pub enum Command {
 /// Where the models are and how they run.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model repository: one model folder with manifest.json, or <model>/<version>/ folders.
+    /// Model repository: one model folder with manifest.json, or `<model>/<version>/` folders.
     #[arg(
         long,
         env = "KENSA_MODEL_REPOSITORY",
@@ -290,7 +290,7 @@ pub struct ServeArgs {
 /// The durable verdict store and what hangs off it.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Verdict store: `sqlite` (<data-dir>/verdicts.sqlite), `sqlite:PATH`, a `postgres://` URL
+    /// Verdict store: `sqlite` (`<data-dir>/verdicts.sqlite`), `sqlite:PATH`, a `postgres://` URL
     /// (shared by several replicas; `?options=-csearch_path%3DSCHEMA` picks a schema), or `none`
     /// (no database: the newest --retention-max-rows verdicts, default 10000, in memory only;
     /// not durable, gone at exit).
@@ -331,7 +331,7 @@ pub struct StoreArgs {
     /// First topic level(s) of published verdicts: `<prefix>/<line>/<station>/verdict`.
     #[arg(long, env = "KENSA_MQTT_TOPIC_PREFIX", default_value = "kensa")]
     pub mqtt_topic_prefix: String,
-    /// MQTT client id; must differ between replicas (default: kensa-<host name>).
+    /// MQTT client id; must differ between replicas (default: `kensa-<host name>`).
     #[arg(long, env = "KENSA_MQTT_CLIENT_ID")]
     pub mqtt_client_id: Option<String>,
     /// Longest a store operation may take before it counts as failed (the store is then

@@ -246,7 +246,7 @@ struct LabelCap {
     limit: usize,
 }
 
-/// The label value of values past a [`LabelCap`].
+/// The label value of values past a label cap (see `LabelCap`).
 pub const OVERFLOW_LABEL: &str = "other";
 
 impl LabelCap {
