@@ -32,7 +32,7 @@ struct ExportOptions {
 
 /// `GET /v1/verdicts/export?since=&format=csv|jsonl&images=true&...`.
 async fn download(State(state): State<AppState>, uri: Uri) -> Result<Response, Error> {
-    let read = ReadOptions::parse(&uri)?;
+    let read: ReadOptions = parse_query(&uri)?;
     let options: ExportOptions = parse_query(&uri)?;
     let format = options.format.unwrap_or(Format::Jsonl);
     let query = read.query();

@@ -55,10 +55,6 @@ pub(super) struct ReadOptions {
 }
 
 impl ReadOptions {
-    pub(super) fn parse(uri: &Uri) -> Result<ReadOptions, Error> {
-        parse_query(uri)
-    }
-
     pub(super) fn query(&self) -> VerdictQuery {
         let filters = Filters {
             station: self.station.clone(),
@@ -89,7 +85,7 @@ impl ReadOptions {
 /// `GET /v1/verdicts`: `{"verdicts": [...], "next_cursor": N}`; pass `next_cursor` as `since`
 /// next time.
 async fn list(State(state): State<AppState>, uri: Uri) -> Result<Response, Error> {
-    let options = ReadOptions::parse(&uri)?;
+    let options: ReadOptions = parse_query(&uri)?;
     let page = state
         .verdicts
         .page(&options.query(), options.wait()?)
@@ -106,7 +102,7 @@ async fn stream(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Error> {
-    let mut query = ReadOptions::parse(&uri)?.query();
+    let mut query = parse_query::<ReadOptions>(&uri)?.query();
     if let Some(last) = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
